@@ -1,0 +1,36 @@
+# tether: make help lists the targets.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+# CI and root runs must not skip the BPF tests.
+TEST_ENV := $(if $(filter 0,$(shell id -u)),TETHER_REQUIRE_BPF=1,)
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool tcpdump
+
+.PHONY: help deps generate check-generated build test lint
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the build and tests need (root)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+generate: deps ## regenerate the BPF objects and Go bindings with bpf2go
+	$(GO) generate ./loader/
+
+check-generated: generate ## fail if the committed BPF objects differ from a fresh build
+	@git diff --exit-code --stat -- loader/ || { echo "generated files are stale: run make generate and commit"; exit 1; }
+
+build: ## build bin/tether
+	$(GO) build -o bin/tether ./cmd/tether
+
+test: deps ## run every test (as root: BPF, netns and end-to-end tests included)
+	$(GO) vet ./...
+	$(TEST_ENV) $(GO) test -count=1 -timeout 30m ./...
+
+lint: ## go vet and gofmt
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Constants shared by the datapath and, through bpf2go, by the Go side. */
+#ifndef TETHER_CONSTS_H
+#define TETHER_CONSTS_H
+
+/* IPv6 extension headers skipped before giving up on finding TCP/UDP. */
+#define MAX_IPV6_EXT_HEADERS 4
+
+/* An affinity entry's last_seen_ns is rewritten only when it is older than
+ * this, so a busy client does not bounce the entry's cache line between
+ * CPUs on every packet. */
+#define AFFINITY_REFRESH_NS 1000000000ULL
+
+enum family {
+	FAMILY_IPV4 = 4,
+	FAMILY_IPV6 = 6,
+};
+
+enum vip_flag {
+	/* With no usable backend, hand the packet to the stack instead of
+	 * dropping it. */
+	VIP_FLAG_NO_BACKEND_PASS = 1 << 0,
+};
+
+enum backend_state {
+	BACKEND_DOWN = 0,
+	BACKEND_UP = 1,
+	BACKEND_DRAINING = 2,
+};
+
+/* Every packet ends in exactly one outcome; outcome_verdict() in tether.c is
+ * the one place that maps an outcome to its XDP verdict. */
+enum outcome {
+	OUTCOME_FORWARD_TX = 0,
+	OUTCOME_FORWARD_REDIRECT,
+	OUTCOME_PASS_INACTIVE,
+	OUTCOME_PASS_WATCHDOG,
+	OUTCOME_PASS_NOT_IP,
+	OUTCOME_PASS_NOT_TCP_UDP,
+	OUTCOME_PASS_NOT_VIP,
+	OUTCOME_PASS_FRAGMENT,
+	OUTCOME_PASS_IPV6_EXT_LIMIT,
+	OUTCOME_PASS_NO_BACKEND,
+	OUTCOME_DROP_NO_BACKEND,
+	OUTCOME_DROP_TX_PORT_MISSING,
+	OUTCOME_DROP_MALFORMED_ETH,
+	OUTCOME_DROP_MALFORMED_VLAN,
+	OUTCOME_DROP_MALFORMED_IPV4,
+	OUTCOME_DROP_MALFORMED_IPV6,
+	OUTCOME_DROP_MALFORMED_IPV6_EXT,
+	OUTCOME_DROP_MALFORMED_L4,
+	OUTCOME_MAX,
+};
+
+/* Affinity events, counted beside the outcome of the same packet. */
+enum affinity_event {
+	AFFINITY_HIT = 0,      /* fresh entry, usable backend: it decided */
+	AFFINITY_MISS,         /* no entry: a new client */
+	AFFINITY_EXPIRED,      /* entry older than the VIP's affinity timeout */
+	AFFINITY_STALE,        /* entry's backend gone, down or re-generated */
+	AFFINITY_INSERT,       /* Maglev's choice written to the map */
+	AFFINITY_INSERT_FAILED,
+	AFFINITY_EVENT_MAX,
+};
+
+#endif

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* The datapath's maps. Sizes here are defaults; the loader sets the real
+ * ones (loader.Options) before loading. */
+#ifndef TETHER_MAPS_H
+#define TETHER_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "structs.h"
+
+/* Load-time constants, rewritten by the loader to match the map sizes. */
+volatile const __u32 max_vips = 64;
+volatile const __u32 table_stride = 65537; /* largest table size M */
+
+/* vip_key -> vip_info; written by the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 128); /* 2 * max_vips: VIPs plus fragment aliases */
+	__type(key, struct vip_key);
+	__type(value, struct vip_info);
+} vips SEC(".maps");
+
+/* (vip_id * 2 + slot) * table_stride + hash % table_size -> backend_id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 64 * 2 * 65537);
+	__type(key, __u32);
+	__type(value, __u32);
+} maglev SEC(".maps");
+
+/* backend_id -> backend; id 0 is never used. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+/* {vip_id, client key} -> the client's backend. One map shared by all CPUs:
+ * RSS spreads a client's connections over CPUs and all must agree. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+} affinity SEC(".maps");
+
+/* Slot 0 global, 1 + vip_id per VIP, 1 + max_vips + backend_id per backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 + 64 + 4096);
+	__type(key, __u32);
+	__type(value, struct lb_counters);
+} counters SEC(".maps");
+
+/* ifindex -> ifindex, for backends reached through another interface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+/* Single entry: struct lb_settings. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_settings);
+} settings SEC(".maps");
+
+#endif

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Map keys and values. The Go side uses the bpf2go-generated copies of these
+ * (loader/tether_*.go), never hand-written mirrors. */
+#ifndef TETHER_STRUCTS_H
+#define TETHER_STRUCTS_H
+
+#include <linux/types.h>
+#include "consts.h"
+
+/* Addresses are stored in network byte order; IPv4 uses addr[0..3] and
+ * leaves the rest zero. Ports are in network byte order too. */
+struct vip_key {
+	__u8 addr[16];
+	__u16 port; /* 0: alias used for port-less fragments, see tether.c */
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;
+};
+
+struct vip_info {
+	__u32 vip_id; /* < max_vips; selects the Maglev and counter slots */
+	__u32 flags;  /* enum vip_flag */
+	__u64 affinity_timeout_ns;
+	__u32 table_size; /* prime M of this VIP, <= table_stride */
+	__u8 prefix4;     /* client key = source address masked to these bits */
+	__u8 prefix6;
+	__u8 table_slot; /* which of the VIP's two Maglev tables is live */
+	__u8 pad;
+};
+
+struct backend {
+	__u8 mac[6];     /* destination MAC written into forwarded frames */
+	__u8 src_mac[6]; /* source MAC: the egress interface's own */
+	__u32 ifindex;   /* 0 or the ingress interface: XDP_TX; else devmap */
+	__u32 generation; /* bumped by the daemon to void affinity entries */
+	__u8 addr[16];
+	__u8 family;
+	__u8 state; /* enum backend_state */
+	__u16 pad;
+};
+
+struct affinity_key {
+	__u32 vip_id;
+	__u8 client[16]; /* source address masked to the VIP's prefix */
+};
+
+struct affinity_value {
+	__u32 backend_id;
+	__u32 generation; /* the backend's generation when the entry was made */
+	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns(), CLOCK_MONOTONIC */
+};
+
+struct lb_counters {
+	__u64 packets[OUTCOME_MAX];
+	__u64 bytes[OUTCOME_MAX];
+	__u64 affinity[AFFINITY_EVENT_MAX];
+};
+
+/* Mutable settings; a map rather than global variables so that a restarted
+ * or upgraded daemon adopts them from the pinned map as they are. */
+struct lb_settings {
+	__u32 seed;   /* Maglev hash seed; identical on LB hosts behind ECMP */
+	__u32 active; /* 0: pass everything to the stack */
+	__u64 watchdog_ns;         /* daemon's last heartbeat, CLOCK_MONOTONIC */
+	__u64 watchdog_timeout_ns; /* 0: no watchdog */
+};
+
+#endif

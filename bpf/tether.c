@@ -1,0 +1,259 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+//go:build ignore
+
+/* tether_lb: sticky source-address load balancing with L2 direct server
+ * return. See ../shared/DESIGN.md sections 2-4 for the rules; the Go model
+ * in test/model implements the same rules and is checked against this. */
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "parse.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+#define NO_VIP ((__u32)-1)
+
+/* Never read by the program: they put these enums into BTF, where bpf2go
+ * -type finds them and generates their Go constants. */
+volatile const enum outcome outcome_type = OUTCOME_MAX;
+volatile const enum affinity_event affinity_event_type = AFFINITY_EVENT_MAX;
+volatile const enum backend_state backend_state_type = BACKEND_DOWN;
+volatile const enum vip_flag vip_flag_type = VIP_FLAG_NO_BACKEND_PASS;
+volatile const enum family family_type = FAMILY_IPV4;
+
+/* What one packet did, for accounting. */
+struct result {
+	__u32 vip_id;     /* NO_VIP until a VIP matched */
+	__u32 backend_id; /* 0 until a backend was chosen */
+	__u32 affinity_events; /* bit (1 << enum affinity_event) */
+};
+
+static __always_inline __u32 rotl32(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+/* Murmur3-style 32-bit hash of the 16-byte client key, read as big-endian
+ * words so every host computes the same value (ECMP across LB hosts). */
+static __always_inline __u32 client_hash(__u32 seed, const __u8 *client)
+{
+	const __u32 *words = (const __u32 *)client;
+	__u32 h = seed;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u32 w = bpf_ntohl(words[i]);
+
+		w *= 0xcc9e2d51;
+		w = rotl32(w, 15);
+		w *= 0x1b873593;
+		h ^= w;
+		h = rotl32(h, 13);
+		h = h * 5 + 0xe6546b64;
+	}
+	h ^= 16;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Network-order mask for 32-bit word `word` of a prefix of `prefix` bits. */
+static __always_inline __be32 prefix_mask(__u32 prefix, __u32 word)
+{
+	__u32 bits;
+
+	if (prefix <= word * 32)
+		return 0;
+	bits = prefix - word * 32;
+	if (bits >= 32)
+		return 0xffffffff;
+	return bpf_htonl(~(0xffffffffU >> bits));
+}
+
+static __always_inline void client_key(struct affinity_key *akey,
+				       const struct packet *pkt,
+				       const struct vip_info *vip)
+{
+	const __be32 *src = (const __be32 *)pkt->source;
+	__be32 *dst = (__be32 *)akey->client;
+	__u32 prefix = pkt->key.family == FAMILY_IPV4 ? vip->prefix4 : vip->prefix6;
+
+	akey->vip_id = vip->vip_id;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		dst[i] = src[i] & prefix_mask(prefix, i);
+}
+
+static __always_inline int backend_usable(const struct backend *be)
+{
+	return be->state == BACKEND_UP || be->state == BACKEND_DRAINING;
+}
+
+static __always_inline __u32 maglev_backend(const struct vip_info *vip,
+					    __u32 hash)
+{
+	__u32 slot = vip->table_slot & 1;
+	__u32 size = vip->table_size;
+	__u32 index, *id;
+
+	/* A VIP entry the daemon got wrong must not index another VIP's table. */
+	if (vip->vip_id >= max_vips || size == 0 || size > table_stride)
+		return 0;
+	index = (vip->vip_id * 2 + slot) * table_stride + hash % size;
+	id = bpf_map_lookup_elem(&maglev, &index);
+	return id ? *id : 0;
+}
+
+static __always_inline int no_backend(const struct vip_info *vip)
+{
+	return vip->flags & VIP_FLAG_NO_BACKEND_PASS ? OUTCOME_PASS_NO_BACKEND :
+						       OUTCOME_DROP_NO_BACKEND;
+}
+
+static __always_inline int forward(struct xdp_md *ctx, const struct backend *be)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return OUTCOME_DROP_MALFORMED_ETH;
+	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
+	if (be->ifindex == 0 || be->ifindex == ctx->ingress_ifindex)
+		return OUTCOME_FORWARD_TX;
+	if (bpf_redirect_map(&tx_ports, be->ifindex, 0) == XDP_REDIRECT)
+		return OUTCOME_FORWARD_REDIRECT;
+	return OUTCOME_DROP_TX_PORT_MISSING;
+}
+
+static __always_inline int fresh(__u64 now, __u64 stamp, __u64 timeout)
+{
+	/* A stamp from another CPU may be slightly ahead of this CPU's now. */
+	return now <= stamp || now - stamp <= timeout;
+}
+
+static __always_inline int balance(struct xdp_md *ctx, struct result *res)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet pkt = {};
+	struct affinity_key akey = {};
+	struct affinity_value *entry, fresh_entry;
+	struct lb_settings *cfg;
+	struct vip_info *vip;
+	struct backend *be;
+	__u32 zero = 0, id;
+	__u64 now;
+	int ret;
+
+	cfg = bpf_map_lookup_elem(&settings, &zero);
+	if (!cfg || !cfg->active)
+		return OUTCOME_PASS_INACTIVE;
+	now = bpf_ktime_get_coarse_ns();
+	if (cfg->watchdog_timeout_ns && !fresh(now, cfg->watchdog_ns, cfg->watchdog_timeout_ns))
+		return OUTCOME_PASS_WATCHDOG;
+
+	ret = parse_packet(data, data_end, &pkt);
+	if (ret != PARSE_OK)
+		return ret;
+
+	vip = bpf_map_lookup_elem(&vips, &pkt.key);
+	if (!vip)
+		return pkt.fragment ? OUTCOME_PASS_FRAGMENT : OUTCOME_PASS_NOT_VIP;
+	res->vip_id = vip->vip_id;
+
+	client_key(&akey, &pkt, vip);
+	entry = bpf_map_lookup_elem(&affinity, &akey);
+	if (!entry) {
+		res->affinity_events |= 1 << AFFINITY_MISS;
+	} else if (!fresh(now, entry->last_seen_ns, vip->affinity_timeout_ns)) {
+		res->affinity_events |= 1 << AFFINITY_EXPIRED;
+	} else {
+		id = entry->backend_id;
+		be = id ? bpf_map_lookup_elem(&backends, &id) : NULL;
+		if (be && be->generation == entry->generation && backend_usable(be)) {
+			res->affinity_events |= 1 << AFFINITY_HIT;
+			res->backend_id = id;
+			if (now > entry->last_seen_ns + AFFINITY_REFRESH_NS)
+				entry->last_seen_ns = now;
+			return forward(ctx, be);
+		}
+		res->affinity_events |= 1 << AFFINITY_STALE;
+	}
+
+	id = maglev_backend(vip, client_hash(cfg->seed, akey.client));
+	be = id ? bpf_map_lookup_elem(&backends, &id) : NULL;
+	if (!be || !backend_usable(be))
+		return no_backend(vip);
+
+	fresh_entry.backend_id = id;
+	fresh_entry.generation = be->generation;
+	fresh_entry.last_seen_ns = now;
+	if (bpf_map_update_elem(&affinity, &akey, &fresh_entry, BPF_ANY))
+		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
+	else
+		res->affinity_events |= 1 << AFFINITY_INSERT;
+	res->backend_id = id;
+	return forward(ctx, be);
+}
+
+/* The one place that maps an outcome to its verdict. */
+static __always_inline int outcome_verdict(int outcome)
+{
+	switch (outcome) {
+	case OUTCOME_FORWARD_TX:
+		return XDP_TX;
+	case OUTCOME_FORWARD_REDIRECT:
+		return XDP_REDIRECT;
+	case OUTCOME_PASS_INACTIVE:
+	case OUTCOME_PASS_WATCHDOG:
+	case OUTCOME_PASS_NOT_IP:
+	case OUTCOME_PASS_NOT_TCP_UDP:
+	case OUTCOME_PASS_NOT_VIP:
+	case OUTCOME_PASS_FRAGMENT:
+	case OUTCOME_PASS_IPV6_EXT_LIMIT:
+	case OUTCOME_PASS_NO_BACKEND:
+		return XDP_PASS;
+	default:
+		return XDP_DROP;
+	}
+}
+
+static __always_inline void count(__u32 slot, int outcome, __u64 bytes,
+				  __u32 affinity_events)
+{
+	struct lb_counters *c = bpf_map_lookup_elem(&counters, &slot);
+
+	/* The bound check is for the verifier: outcome indexes an array. */
+	if (!c || outcome < 0 || outcome >= OUTCOME_MAX)
+		return;
+	c->packets[outcome]++;
+	c->bytes[outcome] += bytes;
+#pragma unroll
+	for (int i = 0; i < AFFINITY_EVENT_MAX; i++)
+		if (affinity_events & (1 << i))
+			c->affinity[i]++;
+}
+
+SEC("xdp")
+int tether_lb(struct xdp_md *ctx)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	struct result res = { .vip_id = NO_VIP };
+	int outcome = balance(ctx, &res);
+
+	count(0, outcome, bytes, res.affinity_events);
+	if (res.vip_id < max_vips)
+		count(1 + res.vip_id, outcome, bytes, res.affinity_events);
+	if (res.backend_id)
+		count(1 + max_vips + res.backend_id, outcome, bytes, 0);
+	return outcome_verdict(outcome);
+}

@@ -1,0 +1,216 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tether-lb/tether/loader"
+)
+
+// Kernel is Maps over the datapath's real BPF maps.
+type Kernel struct {
+	maps   *loader.TetherMaps
+	limits Limits
+}
+
+// NewKernel wraps loaded maps created with the given limits.
+func NewKernel(m *loader.TetherMaps, limits Limits) *Kernel {
+	return &Kernel{maps: m, limits: limits}
+}
+
+// Limits returns the sizes the maps were created with.
+func (k *Kernel) Limits() Limits { return k.limits }
+
+func notFound(err error) error {
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return err
+}
+
+// VIP returns the entry of key.
+func (k *Kernel) VIP(key VIPKey) (VIP, error) {
+	var v loader.TetherVipInfo
+	if err := k.maps.Vips.Lookup(encodeVIPKey(key), &v); err != nil {
+		return VIP{}, fmt.Errorf("looking up VIP %s: %w", key, notFound(err))
+	}
+	return decodeVIP(v), nil
+}
+
+// PutVIP creates or replaces the entry of key.
+func (k *Kernel) PutVIP(key VIPKey, v VIP) error {
+	if err := k.maps.Vips.Put(encodeVIPKey(key), encodeVIP(v)); err != nil {
+		return fmt.Errorf("writing VIP %s: %w", key, err)
+	}
+	return nil
+}
+
+// DeleteVIP removes the entry of key.
+func (k *Kernel) DeleteVIP(key VIPKey) error {
+	if err := k.maps.Vips.Delete(encodeVIPKey(key)); err != nil {
+		return fmt.Errorf("deleting VIP %s: %w", key, notFound(err))
+	}
+	return nil
+}
+
+// VIPs returns every entry, fragment aliases included.
+func (k *Kernel) VIPs() (map[VIPKey]VIP, error) {
+	out := make(map[VIPKey]VIP)
+	var key loader.TetherVipKey
+	var v loader.TetherVipInfo
+	it := k.maps.Vips.Iterate()
+	for it.Next(&key, &v) {
+		out[decodeVIPKey(key)] = decodeVIP(v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing VIPs: %w", err)
+	}
+	return out, nil
+}
+
+// Backend returns backend id's entry; an unused id reads as a zero entry.
+func (k *Kernel) Backend(id BackendID) (Backend, error) {
+	var b loader.TetherBackend
+	if err := k.maps.Backends.Lookup(uint32(id), &b); err != nil {
+		return Backend{}, fmt.Errorf("looking up backend %d: %w", id, notFound(err))
+	}
+	return decodeBackend(b), nil
+}
+
+// PutBackend writes backend id's entry.
+func (k *Kernel) PutBackend(id BackendID, b Backend) error {
+	if id == 0 || uint32(id) >= k.limits.MaxBackends {
+		return fmt.Errorf("writing backend %d: id out of range 1..%d", id, k.limits.MaxBackends-1)
+	}
+	if err := k.maps.Backends.Put(uint32(id), encodeBackend(b)); err != nil {
+		return fmt.Errorf("writing backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// PutTable writes table into the VIP's table slot in one batch.
+func (k *Kernel) PutTable(vipID uint32, slot uint8, table []BackendID) error {
+	if vipID >= k.limits.MaxVIPs || uint32(len(table)) > k.limits.TableStride {
+		return fmt.Errorf("writing Maglev table of VIP id %d: id or size %d out of range", vipID, len(table))
+	}
+	keys := make([]uint32, len(table))
+	values := make([]uint32, len(table))
+	for i, id := range table {
+		keys[i] = k.limits.TableIndex(vipID, slot, uint32(i))
+		values[i] = uint32(id)
+	}
+	if _, err := k.maps.Maglev.BatchUpdate(keys, values, nil); err != nil {
+		return fmt.Errorf("writing Maglev table of VIP id %d slot %d: %w", vipID, slot, err)
+	}
+	return nil
+}
+
+// Table reads the first size entries of the VIP's table slot.
+func (k *Kernel) Table(vipID uint32, slot uint8, size uint32) ([]BackendID, error) {
+	if vipID >= k.limits.MaxVIPs || size > k.limits.TableStride {
+		return nil, fmt.Errorf("reading Maglev table of VIP id %d: id or size %d out of range", vipID, size)
+	}
+	out := make([]BackendID, size)
+	for i := range out {
+		var id uint32
+		if err := k.maps.Maglev.Lookup(k.limits.TableIndex(vipID, slot, uint32(i)), &id); err != nil {
+			return nil, fmt.Errorf("reading Maglev table of VIP id %d slot %d: %w", vipID, slot, err)
+		}
+		out[i] = BackendID(id)
+	}
+	return out, nil
+}
+
+// Affinity returns a client's entry.
+func (k *Kernel) Affinity(key AffinityKey) (Affinity, error) {
+	var a loader.TetherAffinityValue
+	if err := k.maps.Affinity.Lookup(encodeAffinityKey(key), &a); err != nil {
+		return Affinity{}, fmt.Errorf("looking up affinity of VIP id %d: %w", key.VIPID, notFound(err))
+	}
+	return decodeAffinity(a), nil
+}
+
+// PutAffinity writes a client's entry.
+func (k *Kernel) PutAffinity(key AffinityKey, a Affinity) error {
+	if err := k.maps.Affinity.Put(encodeAffinityKey(key), encodeAffinity(a)); err != nil {
+		return fmt.Errorf("writing affinity of VIP id %d: %w", key.VIPID, err)
+	}
+	return nil
+}
+
+// DeleteAffinity removes a client's entry.
+func (k *Kernel) DeleteAffinity(key AffinityKey) error {
+	if err := k.maps.Affinity.Delete(encodeAffinityKey(key)); err != nil {
+		return fmt.Errorf("deleting affinity of VIP id %d: %w", key.VIPID, notFound(err))
+	}
+	return nil
+}
+
+// Affinities returns every entry.
+func (k *Kernel) Affinities() (map[AffinityKey]Affinity, error) {
+	out := make(map[AffinityKey]Affinity)
+	var key loader.TetherAffinityKey
+	var a loader.TetherAffinityValue
+	it := k.maps.Affinity.Iterate()
+	for it.Next(&key, &a) {
+		out[decodeAffinityKey(key)] = decodeAffinity(a)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing affinity entries: %w", err)
+	}
+	return out, nil
+}
+
+// Settings returns the datapath's switches.
+func (k *Kernel) Settings() (Settings, error) {
+	var s loader.TetherLbSettings
+	if err := k.maps.Settings.Lookup(uint32(0), &s); err != nil {
+		return Settings{}, fmt.Errorf("reading settings: %w", err)
+	}
+	return decodeSettings(s), nil
+}
+
+// PutSettings writes the datapath's switches in one update.
+func (k *Kernel) PutSettings(s Settings) error {
+	if err := k.maps.Settings.Put(uint32(0), encodeSettings(s)); err != nil {
+		return fmt.Errorf("writing settings: %w", err)
+	}
+	return nil
+}
+
+// Counters returns a counter slot summed over CPUs.
+func (k *Kernel) Counters(slot uint32) (Counters, error) {
+	var perCPU []loader.TetherLbCounters
+	if err := k.maps.Counters.Lookup(slot, &perCPU); err != nil {
+		return Counters{}, fmt.Errorf("reading counter slot %d: %w", slot, err)
+	}
+	var sum Counters
+	for _, c := range perCPU {
+		for i := range sum.Packets {
+			sum.Packets[i] += c.Packets[i]
+			sum.Bytes[i] += c.Bytes[i]
+		}
+		for i := range sum.Affinity {
+			sum.Affinity[i] += c.Affinity[i]
+		}
+	}
+	return sum, nil
+}
+
+// PutTxPort lets the datapath redirect frames out of ifindex.
+func (k *Kernel) PutTxPort(ifindex uint32) error {
+	if err := k.maps.TxPorts.Put(ifindex, ifindex); err != nil {
+		return fmt.Errorf("adding tx port ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// DeleteTxPort removes ifindex from the redirect targets.
+func (k *Kernel) DeleteTxPort(ifindex uint32) error {
+	if err := k.maps.TxPorts.Delete(ifindex); err != nil {
+		return fmt.Errorf("removing tx port ifindex %d: %w", ifindex, notFound(err))
+	}
+	return nil
+}
