@@ -119,4 +119,3 @@ func (n *Netns) Do(fn func() error) error {
 	}
 	return nil
 }
-
