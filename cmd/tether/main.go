@@ -9,7 +9,7 @@ import (
 )
 
 func main() {
-	if err := cli.App(os.Stdout, os.Stderr).Run(os.Args); err != nil {
+	if err := cli.Run(cli.App(os.Stdout, os.Stderr), os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "tether: %v\n", err)
 		os.Exit(1)
 	}

@@ -49,7 +49,7 @@ func TestDifferential(t *testing.T) {
 	done, repeated := 0, 0
 	for done < total {
 		start := monotonicCoarse()
-		gen.newState(start)
+		gen.newState(start, done/packetsPerEpoch)
 		h.apply(gen.install)
 		n := min(packetsPerEpoch, total-done)
 		var results []maps.Outcome
@@ -163,7 +163,9 @@ func (g *generator) stamp(now uint64, timeout time.Duration) uint64 {
 	}
 }
 
-func (g *generator) newState(now uint64) {
+// newState makes a random state; every 20th epoch switches the datapath
+// off, so that outcome is covered whatever the seed.
+func (g *generator) newState(now uint64, epoch int) {
 	g.vips = make(map[maps.VIPKey]maps.VIP)
 	for range 1 + g.pick(6) {
 		key := maps.VIPKey{Addr: vipAddrs[g.pick(len(vipAddrs))], Port: vipPorts[g.pick(len(vipPorts))], Proto: []maps.Proto{maps.TCP, maps.UDP}[g.pick(2)]}
@@ -228,7 +230,7 @@ func (g *generator) newState(now uint64) {
 		key := maps.AffinityKey{VIPID: vip.ID, Client: maps.ClientKey(client, bits)}
 		g.pins[key] = maps.Affinity{Backend: g.backendID(), Generation: uint32(g.pick(3)), LastSeen: g.stamp(now, vip.AffinityTimeout)}
 	}
-	g.settings = maps.Settings{Seed: g.rng.Uint32(), Active: g.chance(0.97)}
+	g.settings = maps.Settings{Seed: g.rng.Uint32(), Active: epoch%20 != 7}
 	switch g.pick(10) {
 	case 0:
 		g.settings.WatchdogTimeout = g.duration(2*time.Second, 10*time.Second)

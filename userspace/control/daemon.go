@@ -1,0 +1,688 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-lb/tether/maps"
+	"github.com/tether-lb/tether/userspace/health"
+	"github.com/tether-lb/tether/userspace/maglev"
+)
+
+// NextHop is how the datapath reaches a backend at L2.
+type NextHop struct {
+	Ifindex   int
+	SourceMAC net.HardwareAddr
+	MAC       net.HardwareAddr
+}
+
+// Resolver finds a backend's next hop. A non-nil override is the
+// operator's MAC, used instead of the neighbour table.
+type Resolver interface {
+	Resolve(ctx context.Context, addr netip.Addr, override net.HardwareAddr) (NextHop, error)
+}
+
+// Checker runs health checks; the daemon tells it what to check and hears
+// back through Daemon.HealthResult.
+type Checker interface {
+	Set(id string, target netip.AddrPort, check health.Check, initial health.State) error
+	Remove(id string)
+}
+
+// ErrNotFound is returned for a VIP or backend that does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrConflict is returned for a VIP or backend that exists already.
+var ErrConflict = errors.New("already exists")
+
+// ErrInvalid wraps errors in the caller's input.
+var ErrInvalid = errors.New("invalid")
+
+const unassignedVIP = ^uint32(0)
+
+// backendRuntime is what the daemon knows of a backend beyond its desired
+// state.
+type backendRuntime struct {
+	addr        netip.Addr
+	mac         string
+	nextHop     NextHop
+	resolveErr  error
+	health      health.State
+	healthNote  string // reason of the last health transition
+	checked     bool   // a health check is configured
+	generation  uint32
+	datapath    maps.BackendState
+	failingOpen bool // down, but forwarded to because all are down
+}
+
+// vipRuntime is what the daemon installed for a VIP.
+type vipRuntime struct {
+	info         maps.VIP
+	table        []maps.BackendID
+	tableVersion uint64
+	failingOpen  bool
+}
+
+// Options configure a Daemon.
+type Options struct {
+	Maps           maps.Maps
+	Resolver       Resolver
+	Checker        Checker // nil: no health checks
+	StatePath      string  // "" : state is not persisted
+	IngressIfindex int     // the interface the program is attached to
+	Log            *slog.Logger
+}
+
+// Daemon owns the desired state and is the only writer of the maps.
+type Daemon struct {
+	mu       sync.Mutex
+	opts     Options
+	log      *slog.Logger
+	state    State
+	backends map[maps.BackendID]*backendRuntime
+	vips     map[uint32]*vipRuntime
+	txPorts  map[uint32]bool
+	info     DatapathInfo
+}
+
+// New returns a daemon that adopts the datapath's current contents for
+// state: backends keep their ids and generations, so clients keep their
+// backends across a restart. Call Start to write the state into the maps.
+func New(opts Options, state State) (*Daemon, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	d := &Daemon{
+		opts:     opts,
+		log:      opts.Log,
+		state:    state,
+		backends: map[maps.BackendID]*backendRuntime{},
+		vips:     map[uint32]*vipRuntime{},
+		txPorts:  map[uint32]bool{},
+	}
+	if d.state.Seed == 0 {
+		d.state.Seed = DefaultSeed
+	}
+	limits := opts.Maps.Limits()
+	for i := range d.state.VIPs {
+		v := d.state.VIPs[i].withDefaults(limits.TableStride)
+		if err := v.validate(limits.TableStride); err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		if err := v.validateBackends(); err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		for j := range v.Backends {
+			v.Backends[j] = v.Backends[j].withDefaults()
+		}
+		d.state.VIPs[i] = v
+	}
+	if err := d.assignIDs(&d.state); err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	if err := d.checkIDs(d.state); err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	// Adopt what the datapath holds: generations, and whether a backend
+	// was in service, so a restart changes nothing for clients.
+	for _, v := range d.state.VIPs {
+		if info, err := opts.Maps.VIP(v.key()); err == nil && info.ID == v.ID {
+			d.vips[v.ID] = &vipRuntime{info: info}
+		}
+		for _, b := range v.Backends {
+			rt := &backendRuntime{health: health.Up}
+			if entry, err := opts.Maps.Backend(b.ID); err == nil {
+				rt.generation = entry.Generation
+				rt.datapath = entry.State
+				if entry.State == maps.BackendDown && entry.MAC != nil && entry.Addr == b.Addr {
+					rt.health = health.Down
+				}
+			}
+			d.backends[b.ID] = rt
+		}
+	}
+	return d, nil
+}
+
+func (d *Daemon) checkIDs(s State) error {
+	limits := d.opts.Maps.Limits()
+	vipIDs := map[uint32]bool{}
+	backendIDs := map[maps.BackendID]bool{}
+	for _, v := range s.VIPs {
+		if v.ID >= limits.MaxVIPs || vipIDs[v.ID] {
+			return fmt.Errorf("VIP %s has id %d, which is duplicate or not below %d", v.VIPRef, v.ID, limits.MaxVIPs)
+		}
+		vipIDs[v.ID] = true
+		for _, b := range v.Backends {
+			if b.ID == 0 || uint32(b.ID) >= limits.MaxBackends || backendIDs[b.ID] {
+				return fmt.Errorf("backend %s of %s has id %d, which is duplicate or not in 1..%d", b.Name, v.VIPRef, b.ID, limits.MaxBackends-1)
+			}
+			backendIDs[b.ID] = true
+		}
+	}
+	return nil
+}
+
+// assignIDs gives new VIPs and backends the lowest free ids.
+func (d *Daemon) assignIDs(s *State) error {
+	limits := d.opts.Maps.Limits()
+	usedVIP := map[uint32]bool{}
+	usedBackend := map[maps.BackendID]bool{}
+	for _, v := range s.VIPs {
+		if v.ID != unassignedVIP {
+			usedVIP[v.ID] = true
+		}
+		for _, b := range v.Backends {
+			usedBackend[b.ID] = b.ID != 0
+		}
+	}
+	nextVIP := uint32(0)
+	nextBackend := maps.BackendID(1)
+	for i := range s.VIPs {
+		v := &s.VIPs[i]
+		if v.ID == unassignedVIP {
+			for usedVIP[nextVIP] {
+				nextVIP++
+			}
+			if nextVIP >= limits.MaxVIPs {
+				return fmt.Errorf("%w: no room for VIP %s: all %d VIP slots are used (start the daemon with a larger --max-vips after tether detach)", ErrInvalid, v.VIPRef, limits.MaxVIPs)
+			}
+			v.ID = nextVIP
+			usedVIP[nextVIP] = true
+		}
+		for j := range v.Backends {
+			b := &v.Backends[j]
+			if b.ID != 0 {
+				continue
+			}
+			for usedBackend[nextBackend] || d.backends[nextBackend] != nil {
+				nextBackend++
+			}
+			if uint32(nextBackend) >= limits.MaxBackends {
+				return fmt.Errorf("%w: no room for backend %s: all %d backend slots are used", ErrInvalid, b.Name, limits.MaxBackends-1)
+			}
+			b.ID = nextBackend
+			usedBackend[nextBackend] = true
+		}
+	}
+	return nil
+}
+
+// Start writes the whole desired state into the maps and switches the
+// datapath on.
+func (d *Daemon) Start(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.removeStrays(); err != nil {
+		return fmt.Errorf("removing entries the state does not know: %w", err)
+	}
+	if err := d.apply(ctx, d.state); err != nil {
+		return err
+	}
+	settings, err := d.opts.Maps.Settings()
+	if err != nil {
+		return err
+	}
+	settings.Seed = d.state.Seed
+	settings.Active = true
+	settings.Watchdog = monotonicNow()
+	if err := d.opts.Maps.PutSettings(settings); err != nil {
+		return err
+	}
+	return d.save()
+}
+
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+func (d *Daemon) save() error {
+	if d.opts.StatePath == "" {
+		return nil
+	}
+	return SaveState(d.opts.StatePath, d.state)
+}
+
+// change applies edit to a copy of the state, validates it, writes it to
+// the datapath and saves it. On any error nothing changes: the datapath is
+// put back to the old state.
+func (d *Daemon) change(ctx context.Context, edit func(s *State) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	next := cloneState(d.state)
+	if err := edit(&next); err != nil {
+		return err
+	}
+	if err := d.assignIDs(&next); err != nil {
+		return err
+	}
+	limits := d.opts.Maps.Limits()
+	for _, v := range next.VIPs {
+		if err := v.validate(limits.TableStride); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		if err := v.validateBackends(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
+	if err := d.apply(ctx, next); err != nil {
+		if rollback := d.apply(ctx, d.state); rollback != nil {
+			d.log.Error("restoring the datapath after a failed change", "error", rollback)
+		}
+		return err
+	}
+	previous := d.state
+	d.state = next
+	if err := d.save(); err != nil {
+		d.state = previous
+		if rollback := d.apply(ctx, previous); rollback != nil {
+			d.log.Error("restoring the datapath after failing to save state", "error", rollback)
+		}
+		return err
+	}
+	return nil
+}
+
+func cloneState(s State) State {
+	out := State{Seed: s.Seed, VIPs: make([]VIP, len(s.VIPs))}
+	for i, v := range s.VIPs {
+		v.Backends = slices.Clone(v.Backends)
+		out.VIPs[i] = v
+	}
+	return out
+}
+
+// apply makes the datapath match s: backends first, so tables never point
+// at an unwritten entry; then tables and VIPs; then removals.
+func (d *Daemon) apply(ctx context.Context, s State) error {
+	wanted := map[maps.BackendID]bool{}
+	for _, v := range s.VIPs {
+		for _, b := range v.Backends {
+			wanted[b.ID] = true
+			d.syncBackendRuntime(ctx, v, b)
+		}
+	}
+	for _, v := range s.VIPs {
+		if err := d.installVIP(v, s.Seed); err != nil {
+			return err
+		}
+	}
+	wantedVIPs := map[uint32]bool{}
+	for _, v := range s.VIPs {
+		wantedVIPs[v.ID] = true
+	}
+	for _, v := range d.state.VIPs {
+		if !wantedVIPs[v.ID] || !containsVIP(s, v.VIPRef) {
+			if err := d.removeVIP(v, s); err != nil {
+				return err
+			}
+		}
+	}
+	for id, rt := range d.backends {
+		if wanted[id] {
+			continue
+		}
+		// Void the entry and its clients' affinity; the id may be reused
+		// later with a higher generation.
+		rt.generation++
+		if err := d.opts.Maps.PutBackend(id, maps.Backend{Generation: rt.generation, State: maps.BackendDown}); err != nil {
+			return err
+		}
+		if d.opts.Checker != nil {
+			d.opts.Checker.Remove(backendCheckID(id))
+		}
+		delete(d.backends, id)
+	}
+	if err := d.syncAliases(s); err != nil {
+		return err
+	}
+	return d.syncTxPorts()
+}
+
+func containsVIP(s State, ref VIPRef) bool {
+	for _, v := range s.VIPs {
+		if v.VIPRef == ref {
+			return true
+		}
+	}
+	return false
+}
+
+func backendCheckID(id maps.BackendID) string { return fmt.Sprintf("backend-%d", id) }
+
+// syncBackendRuntime resolves a backend's next hop when it is new or its
+// address or MAC changed, and keeps its health check in line.
+func (d *Daemon) syncBackendRuntime(ctx context.Context, v VIP, b Backend) {
+	rt := d.backends[b.ID]
+	if rt == nil {
+		rt = &backendRuntime{health: health.Up}
+		if entry, err := d.opts.Maps.Backend(b.ID); err == nil {
+			rt.generation = entry.Generation + 1
+		}
+		d.backends[b.ID] = rt
+	}
+	if rt.addr != b.Addr || rt.mac != b.MAC || rt.nextHop.MAC == nil {
+		rt.addr, rt.mac = b.Addr, b.MAC
+		d.resolve(ctx, b, rt)
+	}
+	check, target := v.checkFor(b)
+	rt.checked = check.Kind != health.KindNone
+	if d.opts.Checker == nil {
+		return
+	}
+	if !rt.checked {
+		d.opts.Checker.Remove(backendCheckID(b.ID))
+		rt.health = health.Up
+		return
+	}
+	if err := d.opts.Checker.Set(backendCheckID(b.ID), target, check, rt.health); err != nil {
+		d.log.Error("configuring health check", "backend", b.Name, "error", err)
+	}
+}
+
+func (d *Daemon) resolve(ctx context.Context, b Backend, rt *backendRuntime) {
+	var override net.HardwareAddr
+	if b.MAC != "" {
+		override, _ = ParseMAC(b.MAC)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	hop, err := d.opts.Resolver.Resolve(ctx, b.Addr, override)
+	if err != nil {
+		rt.nextHop, rt.resolveErr = NextHop{}, err
+		d.log.Warn("backend next hop not resolved; keeping it out of service", "backend", b.Name, "addr", b.Addr, "error", err)
+		return
+	}
+	rt.nextHop, rt.resolveErr = hop, nil
+}
+
+// datapathState decides what the datapath is told about a backend.
+func (d *Daemon) datapathState(b Backend, rt *backendRuntime, allDown bool, v VIP) (maps.BackendState, bool) {
+	switch {
+	case rt.resolveErr != nil || rt.nextHop.MAC == nil:
+		return maps.BackendDown, false
+	case rt.health == health.Down && allDown && v.AllDown == AllDownFailOpen && !b.Drained:
+		return maps.BackendUp, true
+	case rt.health == health.Down:
+		return maps.BackendDown, false
+	case b.Drained:
+		return maps.BackendDraining, false
+	}
+	return maps.BackendUp, false
+}
+
+// installVIP writes a VIP's backends, builds its table and swaps it in.
+func (d *Daemon) installVIP(v VIP, seed uint32) error {
+	allDown := true
+	for _, b := range v.Backends {
+		rt := d.backends[b.ID]
+		if rt.resolveErr == nil && rt.nextHop.MAC != nil && rt.health == health.Up && !b.Drained {
+			allDown = false
+		}
+	}
+	var set []maglev.Backend
+	failingOpen := false
+	for _, b := range v.Backends {
+		rt := d.backends[b.ID]
+		state, open := d.datapathState(b, rt, allDown, v)
+		failingOpen = failingOpen || open
+		if rt.datapath.Usable() && state == maps.BackendDown {
+			// Its clients' affinity entries stop being honoured at once.
+			rt.generation++
+		}
+		rt.datapath, rt.failingOpen = state, open
+		entry := maps.Backend{
+			MAC:        rt.nextHop.MAC,
+			SourceMAC:  rt.nextHop.SourceMAC,
+			Generation: rt.generation,
+			Addr:       b.Addr,
+			State:      state,
+		}
+		if rt.nextHop.Ifindex != d.opts.IngressIfindex {
+			entry.Ifindex = uint32(rt.nextHop.Ifindex)
+		}
+		if err := d.opts.Maps.PutBackend(b.ID, entry); err != nil {
+			return err
+		}
+		if state == maps.BackendUp && b.Weight > 0 {
+			set = append(set, maglev.Backend{Name: b.Name, ID: uint32(b.ID), Weight: b.Weight})
+		}
+	}
+	built, err := maglev.Build(set, v.TableSize, seed)
+	if err != nil {
+		return fmt.Errorf("building Maglev table of %s: %w", v.VIPRef, err)
+	}
+	table := make([]maps.BackendID, len(built))
+	for i, id := range built {
+		table[i] = maps.BackendID(id)
+	}
+	info := maps.VIP{
+		ID:              v.ID,
+		NoBackendPass:   v.NoBackend == NoBackendPass,
+		AffinityTimeout: v.AffinityTimeout,
+		TableSize:       v.TableSize,
+		Prefix4:         uint8(v.Prefix4),
+		Prefix6:         uint8(v.Prefix6),
+	}
+	rt := d.vips[v.ID]
+	if rt == nil {
+		rt = &vipRuntime{}
+		d.vips[v.ID] = rt
+	}
+	if rt.failingOpen != failingOpen {
+		if failingOpen {
+			d.log.Error("ALL BACKENDS DOWN: failing open, forwarding to the last backends anyway", "vip", v.VIPRef.String())
+		} else {
+			d.log.Info("backends available again, no longer failing open", "vip", v.VIPRef.String())
+		}
+	}
+	rt.failingOpen = failingOpen
+	info.TableSlot = rt.info.TableSlot
+	if rt.table != nil && slices.Equal(rt.table, table) && rt.info == info {
+		return nil
+	}
+	key := v.key()
+	if _, err := d.opts.Maps.VIP(key); err == nil {
+		info.TableSlot ^= 1 // fill the inactive slot, then flip
+	} else if !errors.Is(err, maps.ErrNotFound) {
+		return err
+	}
+	if err := d.opts.Maps.PutTable(v.ID, info.TableSlot, table); err != nil {
+		return err
+	}
+	if err := d.opts.Maps.PutVIP(key, info); err != nil {
+		return err
+	}
+	rt.info, rt.table = info, table
+	rt.tableVersion++
+	return nil
+}
+
+// removeVIP deletes a VIP from the datapath and forgets its clients.
+func (d *Daemon) removeVIP(v VIP, next State) error {
+	if err := d.opts.Maps.DeleteVIP(v.key()); err != nil && !errors.Is(err, maps.ErrNotFound) {
+		return err
+	}
+	stillUsed := false
+	for _, other := range next.VIPs {
+		stillUsed = stillUsed || other.ID == v.ID
+	}
+	if stillUsed {
+		return nil
+	}
+	delete(d.vips, v.ID)
+	entries, err := d.opts.Maps.Affinities()
+	if err != nil {
+		return err
+	}
+	for key := range entries {
+		if key.VIPID == v.ID {
+			if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// syncAliases keeps a fragment alias for every address and protocol served
+// on exactly one port, and none elsewhere.
+func (d *Daemon) syncAliases(s State) error {
+	type addrProto struct {
+		addr  netip.Addr
+		proto string
+	}
+	count := map[addrProto]int{}
+	for _, v := range s.VIPs {
+		count[addrProto{v.Addr.Addr(), v.Proto}]++
+	}
+	wanted := map[maps.VIPKey]maps.VIP{}
+	for _, v := range s.VIPs {
+		if count[addrProto{v.Addr.Addr(), v.Proto}] == 1 {
+			wanted[maps.FragmentAlias(v.key())] = d.vips[v.ID].info
+		}
+	}
+	current, err := d.opts.Maps.VIPs()
+	if err != nil {
+		return err
+	}
+	for key, info := range current {
+		if key.Port != 0 {
+			continue
+		}
+		if want, ok := wanted[key]; !ok {
+			if err := d.opts.Maps.DeleteVIP(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+				return err
+			}
+		} else if want == info {
+			delete(wanted, key)
+		}
+	}
+	for key, info := range wanted {
+		if err := d.opts.Maps.PutVIP(key, info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncTxPorts lets the datapath redirect to every egress interface a
+// backend needs other than the ingress one.
+func (d *Daemon) syncTxPorts() error {
+	wanted := map[uint32]bool{}
+	for _, rt := range d.backends {
+		if rt.nextHop.MAC != nil && rt.nextHop.Ifindex != d.opts.IngressIfindex && rt.nextHop.Ifindex != 0 {
+			wanted[uint32(rt.nextHop.Ifindex)] = true
+		}
+	}
+	for ifindex := range wanted {
+		if !d.txPorts[ifindex] {
+			if err := d.opts.Maps.PutTxPort(ifindex); err != nil {
+				return err
+			}
+			d.txPorts[ifindex] = true
+		}
+	}
+	for ifindex := range d.txPorts {
+		if !wanted[ifindex] {
+			if err := d.opts.Maps.DeleteTxPort(ifindex); err != nil && !errors.Is(err, maps.ErrNotFound) {
+				return err
+			}
+			delete(d.txPorts, ifindex)
+		}
+	}
+	return nil
+}
+
+// HealthResult takes a health check's outcome; a transition rebuilds the
+// backend's VIP.
+func (d *Daemon) HealthResult(r health.Result) {
+	if !r.Changed {
+		return
+	}
+	id, state, reason := r.ID, r.State, r.Reason
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, v := range d.state.VIPs {
+		for _, b := range v.Backends {
+			if backendCheckID(b.ID) != id {
+				continue
+			}
+			rt := d.backends[b.ID]
+			rt.health, rt.healthNote = state, reason
+			d.log.Info("backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", state.String(), "reason", reason)
+			if err := d.installVIP(v, d.state.Seed); err != nil {
+				d.log.Error("applying health change", "vip", v.VIPRef.String(), "backend", b.Name, "error", err)
+			}
+			return
+		}
+	}
+}
+
+// NeighbourChanged updates backends at addr when the kernel learns a new
+// MAC for it.
+func (d *Daemon) NeighbourChanged(ctx context.Context, addr netip.Addr, mac net.HardwareAddr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, v := range d.state.VIPs {
+		for _, b := range v.Backends {
+			rt := d.backends[b.ID]
+			if b.Addr != addr || b.MAC != "" || rt.nextHop.MAC.String() == mac.String() {
+				continue
+			}
+			d.log.Info("backend MAC changed", "backend", b.Name, "addr", addr, "old", rt.nextHop.MAC.String(), "new", mac.String())
+			d.resolve(ctx, b, rt)
+			if err := d.installVIP(v, d.state.Seed); err != nil {
+				d.log.Error("applying MAC change", "backend", b.Name, "error", err)
+			}
+		}
+	}
+}
+
+// Maintain runs the periodic work until ctx ends: the watchdog heartbeat
+// and retrying backends whose next hop is not resolved.
+func (d *Daemon) Maintain(ctx context.Context, every time.Duration) {
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		d.mu.Lock()
+		if settings, err := d.opts.Maps.Settings(); err == nil {
+			settings.Watchdog = monotonicNow()
+			if err := d.opts.Maps.PutSettings(settings); err != nil {
+				d.log.Error("writing watchdog heartbeat", "error", err)
+			}
+		}
+		for _, v := range d.state.VIPs {
+			retried := false
+			for _, b := range v.Backends {
+				if rt := d.backends[b.ID]; rt.resolveErr != nil {
+					d.resolve(ctx, b, rt)
+					retried = true
+				}
+			}
+			if retried {
+				if err := d.installVIP(v, d.state.Seed); err != nil {
+					d.log.Error("applying resolved backends", "vip", v.VIPRef.String(), "error", err)
+				}
+			}
+		}
+		_ = d.syncTxPorts()
+		d.mu.Unlock()
+	}
+}

@@ -1,0 +1,298 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/tether-lb/tether/maps"
+)
+
+// NewVIP returns a VIP with the given settings and no id yet.
+func NewVIP(ref VIPRef) VIP {
+	return VIP{VIPRef: ref, Prefix4: DefaultPrefix4, Prefix6: DefaultPrefix6, ID: unassignedVIP}
+}
+
+func findVIP(s *State, ref VIPRef) (*VIP, error) {
+	for i := range s.VIPs {
+		if s.VIPs[i].VIPRef == ref {
+			return &s.VIPs[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: VIP %s is not configured", ErrNotFound, ref)
+}
+
+func findBackend(v *VIP, name string) (*Backend, error) {
+	for i := range v.Backends {
+		if v.Backends[i].Name == name {
+			return &v.Backends[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: backend %q is not in VIP %s", ErrNotFound, name, v.VIPRef)
+}
+
+// AddVIP adds a VIP. Unset settings get their defaults.
+func (d *Daemon) AddVIP(ctx context.Context, v VIP) error {
+	return d.change(ctx, func(s *State) error {
+		if _, err := findVIP(s, v.VIPRef); err == nil {
+			return fmt.Errorf("%w: VIP %s", ErrConflict, v.VIPRef)
+		}
+		v = v.withDefaults(d.opts.Maps.Limits().TableStride)
+		v.ID = unassignedVIP
+		for i := range v.Backends {
+			v.Backends[i] = v.Backends[i].withDefaults()
+			v.Backends[i].ID = 0
+		}
+		s.VIPs = append(s.VIPs, v)
+		return nil
+	})
+}
+
+// RemoveVIP removes a VIP with its backends and forgets its clients.
+func (d *Daemon) RemoveVIP(ctx context.Context, ref VIPRef) error {
+	return d.change(ctx, func(s *State) error {
+		if _, err := findVIP(s, ref); err != nil {
+			return err
+		}
+		s.VIPs = slices.DeleteFunc(s.VIPs, func(v VIP) bool { return v.VIPRef == ref })
+		return nil
+	})
+}
+
+// AddBackend adds a backend to a VIP.
+func (d *Daemon) AddBackend(ctx context.Context, ref VIPRef, b Backend) error {
+	return d.change(ctx, func(s *State) error {
+		v, err := findVIP(s, ref)
+		if err != nil {
+			return err
+		}
+		if _, err := findBackend(v, b.Name); err == nil {
+			return fmt.Errorf("%w: backend %q in VIP %s", ErrConflict, b.Name, ref)
+		}
+		b = b.withDefaults()
+		b.ID = 0
+		v.Backends = append(v.Backends, b)
+		return nil
+	})
+}
+
+// RemoveBackend removes a backend; only its clients move.
+func (d *Daemon) RemoveBackend(ctx context.Context, ref VIPRef, name string) error {
+	return d.change(ctx, func(s *State) error {
+		v, err := findVIP(s, ref)
+		if err != nil {
+			return err
+		}
+		if _, err := findBackend(v, name); err != nil {
+			return err
+		}
+		v.Backends = slices.DeleteFunc(v.Backends, func(b Backend) bool { return b.Name == name })
+		return nil
+	})
+}
+
+// SetWeight changes a backend's weight.
+func (d *Daemon) SetWeight(ctx context.Context, ref VIPRef, name string, weight uint32) error {
+	return d.editBackend(ctx, ref, name, func(b *Backend) { b.Weight = weight })
+}
+
+// Drain takes a backend out of the table for new clients; clients pinned
+// to it stay until idle past the affinity timeout.
+func (d *Daemon) Drain(ctx context.Context, ref VIPRef, name string) error {
+	return d.editBackend(ctx, ref, name, func(b *Backend) { b.Drained = true })
+}
+
+// Enable undoes Drain.
+func (d *Daemon) Enable(ctx context.Context, ref VIPRef, name string) error {
+	return d.editBackend(ctx, ref, name, func(b *Backend) { b.Drained = false })
+}
+
+func (d *Daemon) editBackend(ctx context.Context, ref VIPRef, name string, edit func(*Backend)) error {
+	return d.change(ctx, func(s *State) error {
+		v, err := findVIP(s, ref)
+		if err != nil {
+			return err
+		}
+		b, err := findBackend(v, name)
+		if err != nil {
+			return err
+		}
+		edit(b)
+		return nil
+	})
+}
+
+// PinnedClients counts the fresh affinity entries that point at a backend:
+// the clients a drain is waiting for.
+func (d *Daemon) PinnedClients(ref VIPRef, name string) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, err := findVIP(&d.state, ref)
+	if err != nil {
+		return 0, err
+	}
+	b, err := findBackend(v, name)
+	if err != nil {
+		return 0, err
+	}
+	return d.pinnedClients(v, b.ID)
+}
+
+func (d *Daemon) pinnedClients(v *VIP, id maps.BackendID) (int, error) {
+	entries, err := d.opts.Maps.Affinities()
+	if err != nil {
+		return 0, err
+	}
+	rt := d.backends[id]
+	now := monotonicNow()
+	count := 0
+	for key, a := range entries {
+		if key.VIPID != v.ID || a.Backend != id || a.Generation != rt.generation {
+			continue
+		}
+		if now <= a.LastSeen || time.Duration(now-a.LastSeen) <= v.AffinityTimeout {
+			count++
+		}
+	}
+	return count, nil
+}
+
+// BackendStatus is a backend as status shows it.
+type BackendStatus struct {
+	Backend
+	State       string `json:"state"` // up, down, draining
+	Health      string `json:"health"`
+	HealthNote  string `json:"health_note,omitempty"`
+	MACInUse    string `json:"mac_in_use,omitempty"`
+	Ifindex     int    `json:"ifindex,omitempty"`
+	Problem     string `json:"problem,omitempty"`
+	Generation  uint32 `json:"generation"`
+	FailingOpen bool   `json:"failing_open,omitempty"`
+	Pinned      int    `json:"pinned_clients"`
+}
+
+// VIPStatus is a VIP as status shows it.
+type VIPStatus struct {
+	VIP
+	Backends     []BackendStatus `json:"backends"`
+	TableSlot    uint8           `json:"table_slot"`
+	TableVersion uint64          `json:"table_version"`
+	FailingOpen  bool            `json:"failing_open,omitempty"`
+}
+
+// DatapathInfo says where and how the program runs.
+type DatapathInfo struct {
+	Interface string `json:"interface"`
+	Mode      string `json:"mode"`
+	ProgramID uint32 `json:"program_id"`
+	PinDir    string `json:"pin_dir"`
+}
+
+// Status is the daemon's view of everything it manages.
+type Status struct {
+	DatapathInfo
+	Seed uint32      `json:"seed"`
+	VIPs []VIPStatus `json:"vips"`
+}
+
+// SetDatapathInfo records where the program runs, for Status.
+func (d *Daemon) SetDatapathInfo(info DatapathInfo) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.info = info
+}
+
+// Status reports every VIP and backend with its live state.
+func (d *Daemon) Status() (Status, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := Status{DatapathInfo: d.info, Seed: d.state.Seed, VIPs: []VIPStatus{}}
+	for i := range d.state.VIPs {
+		v := &d.state.VIPs[i]
+		vs := VIPStatus{VIP: *v, Backends: []BackendStatus{}}
+		vs.VIP.Backends = nil
+		if rt := d.vips[v.ID]; rt != nil {
+			vs.TableSlot, vs.TableVersion, vs.FailingOpen = rt.info.TableSlot, rt.tableVersion, rt.failingOpen
+		}
+		for _, b := range v.Backends {
+			rt := d.backends[b.ID]
+			bs := BackendStatus{Backend: b, State: rt.datapath.String(), Health: rt.health.String(), HealthNote: rt.healthNote,
+				Generation: rt.generation, FailingOpen: rt.failingOpen, Ifindex: rt.nextHop.Ifindex}
+			if !rt.checked {
+				bs.Health = "unchecked"
+			}
+			if rt.nextHop.MAC != nil {
+				bs.MACInUse = rt.nextHop.MAC.String()
+			}
+			if rt.resolveErr != nil {
+				bs.Problem = rt.resolveErr.Error()
+			}
+			pinned, err := d.pinnedClients(v, b.ID)
+			if err != nil {
+				return Status{}, err
+			}
+			bs.Pinned = pinned
+			vs.Backends = append(vs.Backends, bs)
+		}
+		out.VIPs = append(out.VIPs, vs)
+	}
+	return out, nil
+}
+
+// Problems lists backends that cannot be used and why, for a command to
+// report right after it changed something.
+func (d *Daemon) Problems(ref VIPRef) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, err := findVIP(&d.state, ref)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, b := range v.Backends {
+		if rt := d.backends[b.ID]; rt.resolveErr != nil {
+			out = append(out, fmt.Sprintf("backend %s (%s) is out of service: %v", b.Name, b.Addr, rt.resolveErr))
+		}
+	}
+	return out
+}
+
+// removeStrays deletes datapath entries the state does not know: VIPs,
+// and backends still marked usable. A daemon started after its state file
+// was lost thus never serves stale configuration.
+func (d *Daemon) removeStrays() error {
+	known := map[maps.VIPKey]bool{}
+	for _, v := range d.state.VIPs {
+		known[v.key()] = true
+	}
+	current, err := d.opts.Maps.VIPs()
+	if err != nil {
+		return err
+	}
+	for key := range current {
+		if key.Port != 0 && !known[key] {
+			d.log.Warn("removing a VIP the state does not know", "vip", key.String())
+			if err := d.opts.Maps.DeleteVIP(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	limits := d.opts.Maps.Limits()
+	for id := maps.BackendID(1); uint32(id) < limits.MaxBackends; id++ {
+		if d.backends[id] != nil {
+			continue
+		}
+		entry, err := d.opts.Maps.Backend(id)
+		if err != nil {
+			return err
+		}
+		if entry.State.Usable() {
+			if err := d.opts.Maps.PutBackend(id, maps.Backend{Generation: entry.Generation + 1, State: maps.BackendDown}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

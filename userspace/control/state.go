@@ -1,0 +1,392 @@
+// Package control is the tether daemon: the desired state (VIPs, backends,
+// weights, checks), its validation and persistence, and the reconcile logic
+// that writes it into the datapath's maps. The daemon is the maps' only
+// writer; the CLI talks to it over a unix socket (api.go).
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tether-lb/tether/maps"
+	"github.com/tether-lb/tether/userspace/health"
+	"github.com/tether-lb/tether/userspace/maglev"
+)
+
+// Defaults a VIP gets when a setting is not given.
+const (
+	DefaultPrefix4         = 32
+	DefaultPrefix6         = 64
+	DefaultAffinityTimeout = 120 * time.Second // > Engine.IO's 45 s of silence
+	DefaultSeed            = 0x74657468        // same on every host: same tables
+	DefaultWeight          = 1
+	MaxWeight              = 10000
+	maxAffinityTimeout     = 24 * time.Hour
+)
+
+// What happens to a VIP's packets when no backend can take them.
+const (
+	NoBackendDrop = "drop"
+	NoBackendPass = "pass"
+)
+
+// What happens when every backend of a VIP is down.
+const (
+	AllDownFailOpen   = "fail-open"   // keep the last table: forward anyway
+	AllDownFailClosed = "fail-closed" // no backend: drop or pass per NoBackend
+)
+
+// Where a VIP or backend was declared. The config file's entries follow the
+// file on reload; the CLI's stay until removed from the CLI.
+const (
+	SourceCLI    = "cli"
+	SourceConfig = "config"
+)
+
+// VIPRef names a VIP: address, port and protocol.
+type VIPRef struct {
+	Addr  netip.AddrPort `json:"addr"`
+	Proto string         `json:"proto"`
+}
+
+func (r VIPRef) String() string { return r.Addr.String() + "/" + r.Proto }
+
+func (r VIPRef) key() maps.VIPKey {
+	proto := maps.TCP
+	if r.Proto == "udp" {
+		proto = maps.UDP
+	}
+	return maps.VIPKey{Addr: r.Addr.Addr(), Port: r.Addr.Port(), Proto: proto}
+}
+
+// VIP is one VIP's desired state.
+type VIP struct {
+	VIPRef
+	Prefix4         int           `json:"prefix4"`
+	Prefix6         int           `json:"prefix6"`
+	AffinityTimeout time.Duration `json:"affinity_timeout"`
+	TableSize       uint32        `json:"table_size"`
+	NoBackend       string        `json:"no_backend"`
+	AllDown         string        `json:"all_down"`
+	Check           health.Check  `json:"check"` // default for its backends
+	Backends        []Backend     `json:"backends"`
+	Source          string        `json:"source"`
+	// ID is the datapath's vip_id, kept across restarts.
+	ID uint32 `json:"id"`
+}
+
+// Backend is one backend's desired state.
+type Backend struct {
+	Name    string        `json:"name"`
+	Addr    netip.Addr    `json:"addr"`
+	Port    uint16        `json:"port,omitempty"` // service port for checks; 0: the VIP's
+	MAC     string        `json:"mac,omitempty"`  // operator override of the neighbour table
+	Weight  uint32        `json:"weight"`
+	Check   *health.Check `json:"check,omitempty"` // overrides the VIP's
+	Drained bool          `json:"drained"`
+	Source  string        `json:"source"`
+	// ID is the datapath's backend id, kept across restarts so affinity
+	// entries stay valid.
+	ID maps.BackendID `json:"id"`
+}
+
+// State is everything the daemon persists.
+type State struct {
+	Seed uint32 `json:"seed"`
+	VIPs []VIP  `json:"vips"`
+}
+
+// ParseVIPAddr parses ADDR:PORT, with IPv6 as [ADDR]:PORT.
+func ParseVIPAddr(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("VIP %q is not ADDR:PORT (expected e.g. 198.18.1.1:80 or [2001:db8::1]:80)", s)
+	}
+	if err := checkServiceAddr("VIP", ap.Addr()); err != nil {
+		return netip.AddrPort{}, err
+	}
+	if ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("VIP %q has port 0, expected a port from 1 to 65535", s)
+	}
+	return ap, nil
+}
+
+// ParseProto parses "tcp" or "udp".
+func ParseProto(s string) (string, error) {
+	switch strings.ToLower(s) {
+	case "", "tcp":
+		return "tcp", nil
+	case "udp":
+		return "udp", nil
+	}
+	return "", fmt.Errorf("protocol %q is not supported, expected tcp or udp", s)
+}
+
+// ParseBackendAddr parses a backend's address.
+func ParseBackendAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("backend address %q is not an IP address (expected e.g. 198.18.0.3 or 2001:db8::3)", s)
+	}
+	return a, checkServiceAddr("backend address", a)
+}
+
+func checkServiceAddr(what string, a netip.Addr) error {
+	switch {
+	case a.Zone() != "":
+		return fmt.Errorf("%s %s has a zone, expected a global address", what, a)
+	case a.Is4In6():
+		return fmt.Errorf("%s %s is IPv4-mapped IPv6, expected plain IPv4 (%s)", what, a, a.Unmap())
+	case a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsLoopback():
+		return fmt.Errorf("%s %s is not a unicast address a host can serve", what, a)
+	}
+	return nil
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ValidateName checks a backend name.
+func ValidateName(name string) error {
+	if !namePattern.MatchString(name) {
+		return fmt.Errorf("backend name %q is not valid, expected 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// ParseMAC parses a backend MAC override.
+func ParseMAC(s string) (net.HardwareAddr, error) {
+	mac, err := net.ParseMAC(s)
+	if err != nil || len(mac) != 6 {
+		return nil, fmt.Errorf("MAC %q is not an Ethernet address, expected e.g. 02:00:00:00:00:01", s)
+	}
+	if mac[0]&1 == 1 || mac.String() == "00:00:00:00:00:00" {
+		return nil, fmt.Errorf("MAC %q is not a unicast Ethernet address", s)
+	}
+	return mac, nil
+}
+
+// withDefaults fills unset VIP settings.
+func (v VIP) withDefaults(tableStride uint32) VIP {
+	if v.Proto == "" {
+		v.Proto = "tcp"
+	}
+	if v.AffinityTimeout == 0 {
+		v.AffinityTimeout = DefaultAffinityTimeout
+	}
+	if v.TableSize == 0 {
+		v.TableSize = largestPrimeAtMost(tableStride)
+	}
+	if v.NoBackend == "" {
+		v.NoBackend = NoBackendDrop
+	}
+	if v.AllDown == "" {
+		v.AllDown = AllDownFailOpen
+	}
+	if v.Source == "" {
+		v.Source = SourceCLI
+	}
+	if v.Check.Kind == "" {
+		v.Check.Kind = health.KindNone
+	}
+	v.Check = v.Check.WithDefaults()
+	return v
+}
+
+func largestPrimeAtMost(n uint32) uint32 {
+	for p := n; p >= 3; p-- {
+		if maglev.IsPrime(p) {
+			return p
+		}
+	}
+	return 3
+}
+
+// validate checks a VIP's own settings (not its backends).
+func (v VIP) validate(tableStride uint32) error {
+	if err := checkServiceAddr("VIP", v.Addr.Addr()); err != nil {
+		return err
+	}
+	if v.Addr.Port() == 0 {
+		return fmt.Errorf("VIP %s has port 0, expected a port from 1 to 65535", v.Addr)
+	}
+	if _, err := ParseProto(v.Proto); err != nil {
+		return err
+	}
+	if v.Prefix4 < 0 || v.Prefix4 > 32 {
+		return fmt.Errorf("prefix4 %d is out of range, expected 0 to 32", v.Prefix4)
+	}
+	if v.Prefix6 < 0 || v.Prefix6 > 128 {
+		return fmt.Errorf("prefix6 %d is out of range, expected 0 to 128", v.Prefix6)
+	}
+	if v.AffinityTimeout < time.Second || v.AffinityTimeout > maxAffinityTimeout {
+		return fmt.Errorf("affinity timeout %s is out of range, expected 1s to 24h (default 120s)", v.AffinityTimeout)
+	}
+	if !maglev.IsPrime(v.TableSize) || v.TableSize > tableStride {
+		return fmt.Errorf("table size %d is not a prime from 3 to %d (the loaded maximum)", v.TableSize, tableStride)
+	}
+	if v.NoBackend != NoBackendDrop && v.NoBackend != NoBackendPass {
+		return fmt.Errorf("no-backend action %q is not known, expected drop or pass", v.NoBackend)
+	}
+	if v.AllDown != AllDownFailOpen && v.AllDown != AllDownFailClosed {
+		return fmt.Errorf("all-down action %q is not known, expected fail-open or fail-closed", v.AllDown)
+	}
+	if err := v.Check.Validate(); err != nil {
+		return fmt.Errorf("VIP %s: %w", v.VIPRef, err)
+	}
+	return nil
+}
+
+// withDefaults fills unset backend settings.
+func (b Backend) withDefaults() Backend {
+	if b.Source == "" {
+		b.Source = SourceCLI
+	}
+	if b.Check != nil {
+		c := b.Check.WithDefaults()
+		b.Check = &c
+	}
+	return b
+}
+
+func (b Backend) validate() error {
+	if err := ValidateName(b.Name); err != nil {
+		return err
+	}
+	if err := checkServiceAddr("backend address", b.Addr); err != nil {
+		return err
+	}
+	if b.MAC != "" {
+		if _, err := ParseMAC(b.MAC); err != nil {
+			return err
+		}
+	}
+	if b.Weight > MaxWeight {
+		return fmt.Errorf("weight %d of backend %s is out of range, expected 0 to %d", b.Weight, b.Name, MaxWeight)
+	}
+	if b.Check != nil {
+		if err := b.Check.Validate(); err != nil {
+			return fmt.Errorf("backend %s: %w", b.Name, err)
+		}
+	}
+	return nil
+}
+
+// validateBackends checks a VIP's backend set as a whole.
+func (v VIP) validateBackends() error {
+	names := map[string]bool{}
+	addrs := map[netip.Addr]string{}
+	for _, b := range v.Backends {
+		if err := b.validate(); err != nil {
+			return err
+		}
+		if names[b.Name] {
+			return fmt.Errorf("backend name %q is used twice in VIP %s", b.Name, v.VIPRef)
+		}
+		names[b.Name] = true
+		if other, ok := addrs[b.Addr]; ok {
+			return fmt.Errorf("backend address %s of %s is already used by %s in VIP %s", b.Addr, b.Name, other, v.VIPRef)
+		}
+		addrs[b.Addr] = b.Name
+	}
+	return nil
+}
+
+// checkFor returns the effective check of a backend and its target.
+func (v VIP) checkFor(b Backend) (health.Check, netip.AddrPort) {
+	check := v.Check
+	if b.Check != nil {
+		check = *b.Check
+	}
+	port := b.Port
+	if port == 0 {
+		port = v.Addr.Port()
+	}
+	return check, netip.AddrPortFrom(b.Addr, port)
+}
+
+// LoadState reads the state file. A missing file is an empty state; a
+// corrupt one is an error: the daemon must not start empty and wipe the
+// datapath.
+func LoadState(path string) (State, bool, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return State{Seed: DefaultSeed}, false, nil
+	}
+	if err != nil {
+		return State{}, false, fmt.Errorf("reading state file: %w", err)
+	}
+	var s State
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return State{}, false, fmt.Errorf("state file %s is corrupt (%w); fix or remove it, the previous good copy is %s.prev", path, err, path)
+	}
+	return s, true, nil
+}
+
+// SaveState writes the state file atomically: a temporary file, fsync, then
+// rename over the old one, which is kept as .prev.
+func SaveState(path string, s State) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding state: %w", err)
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating state directory: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("syncing state: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if err := copyFile(path, path+".prev"); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replacing state file: %w", err)
+	}
+	return nil
+}
+
+func copyFile(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return fmt.Errorf("keeping previous state: %w", err)
+	}
+	if err := os.WriteFile(to, data, 0o600); err != nil {
+		return fmt.Errorf("keeping previous state: %w", err)
+	}
+	return nil
+}
+
+// parsePort parses a port number from 1 to 65535.
+func parsePort(s string) (uint16, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || p == 0 {
+		return 0, fmt.Errorf("port %q is not valid, expected 1 to 65535", s)
+	}
+	return uint16(p), nil
+}
