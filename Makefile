@@ -5,8 +5,10 @@ GO ?= go
 # CI and root runs must not skip the BPF tests.
 TEST_ENV := $(if $(filter 0,$(shell id -u)),TETHER_REQUIRE_BPF=1,)
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool tcpdump
+NODE_DIR := test/e2e/node
+NODE_MODULES := $(NODE_DIR)/node_modules/.package-lock.json
 
-.PHONY: help deps generate check-generated build test lint
+.PHONY: help deps node-deps generate check-generated build test lint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,9 +29,14 @@ check-generated: generate ## fail if the committed BPF objects differ from a fre
 build: ## build bin/tether
 	$(GO) build -o bin/tether ./cmd/tether
 
-test: deps ## run every test (as root: BPF, netns and end-to-end tests included)
+$(NODE_MODULES): $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+
+node-deps: $(NODE_MODULES) ## install the pinned socket.io packages (npm ci)
+
+test: deps node-deps ## run every test (as root: BPF, netns and end-to-end tests included)
 	$(GO) vet ./...
-	$(TEST_ENV) $(GO) test -count=1 -timeout 30m ./...
+	$(TEST_ENV) $(GO) test -count=1 -timeout 20m ./...
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...

@@ -3,7 +3,6 @@ package netns
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -17,8 +16,8 @@ import (
 	"time"
 
 	"github.com/tether-lb/tether/test/testenv"
+	"github.com/tether-lb/tether/test/tetherd"
 	"github.com/tether-lb/tether/test/topology"
-	"github.com/tether-lb/tether/userspace/control"
 )
 
 // tetherBinary is built once for the package's tests.
@@ -30,117 +29,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	tetherBinary = filepath.Join(dir, "tether")
-	build := exec.Command("go", "build", "-o", tetherBinary, "github.com/tether-lb/tether/cmd/tether")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building tether:", err)
+	tetherBinary, err = tetherd.Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// lbDaemon is a tether daemon running in the LB namespace.
-type lbDaemon struct {
-	t        *testing.T
-	net      *topology.Network
-	bpffs    string
-	stateDir string
-	socket   string
-	cmd      *exec.Cmd
-	log      *bytes.Buffer
-	done     chan struct{}
-}
-
-// newLBDaemon prepares a private bpffs, state directory and socket.
-func newLBDaemon(t *testing.T, n *topology.Network) *lbDaemon {
-	dir := t.TempDir()
-	d := &lbDaemon{t: t, net: n, bpffs: filepath.Join(dir, "bpffs"), stateDir: filepath.Join(dir, "state"),
-		socket: filepath.Join(dir, "tether.sock")}
-	if err := os.Mkdir(d.bpffs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.Run("mount", "-t", "bpf", "bpf", d.bpffs); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		d.kill()
-		_ = d.tether("detach", "--iface", "eth0", "--bpffs", d.bpffs)
-		if err := testenv.Run("umount", d.bpffs); err != nil {
-			t.Errorf("unmounting test bpffs: %v", err)
-		}
-	})
-	return d
-}
-
-// start runs `tether run` in the LB namespace and waits for its socket.
-func (d *lbDaemon) start(extra ...string) {
-	d.t.Helper()
-	args := append([]string{"--net=/run/netns/" + d.net.LB.Name, tetherBinary, "--socket", d.socket, "run",
-		"--iface", "eth0", "--bpffs", d.bpffs, "--state-dir", d.stateDir}, extra...)
-	d.cmd = exec.Command("nsenter", args...)
-	d.log = &bytes.Buffer{}
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatal(err)
-	}
-	d.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(d.cmd, d.done)
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, err := d.status(); err == nil {
-			return
-		}
-		select {
-		case <-d.done:
-			d.t.Fatalf("tether run exited early:\n%s", d.log)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	d.t.Fatalf("tether run did not answer on its socket within 15s:\n%s", d.log)
-}
-
-func (d *lbDaemon) signal(sig syscall.Signal) {
-	if d.cmd == nil || d.cmd.Process == nil {
-		return
-	}
-	_ = d.cmd.Process.Signal(sig)
-	select {
-	case <-d.done:
-	case <-time.After(10 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-d.done
-	}
-	d.cmd = nil
-}
-
-func (d *lbDaemon) kill() { d.signal(syscall.SIGKILL) }
-
-// tether runs a CLI command against the daemon.
-func (d *lbDaemon) tether(args ...string) error {
-	out, err := exec.Command(tetherBinary, append([]string{"--socket", d.socket}, args...)...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("tether %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
-func (d *lbDaemon) must(args ...string) {
-	d.t.Helper()
-	if err := d.tether(args...); err != nil {
-		d.t.Fatal(err)
-	}
-}
-
-func (d *lbDaemon) status() (control.Status, error) {
-	out, err := exec.Command(tetherBinary, "--socket", d.socket, "status", "-o", "json").Output()
-	if err != nil {
-		return control.Status{}, err
-	}
-	var st control.Status
-	return st, json.Unmarshal(out, &st)
 }
 
 // traffic opens connections from every client address round-robin until
@@ -200,13 +96,13 @@ func (tr *traffic) backendOf(src netip.Addr) string {
 	return ""
 }
 
-func newDaemonNetwork(t *testing.T, prefix string, backends int) (*topology.Network, *lbDaemon) {
+func newDaemonNetwork(t *testing.T, prefix string, backends int) (*topology.Network, *tetherd.Daemon) {
 	testenv.RequireBPF(t)
 	n := topology.New(t, topology.Options{Prefix: prefix, Backends: backends, ClientCount: 12})
 	for i, b := range n.Backends {
 		serveName(t, b, fmt.Sprintf("b%d", i+1))
 	}
-	return n, newLBDaemon(t, n)
+	return n, tetherd.New(t, tetherBinary, n.LB)
 }
 
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
@@ -225,11 +121,11 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // own clients.
 func TestDaemonManagesVIPsAndBackends(t *testing.T) {
 	n, d := newDaemonNetwork(t, "dmgr", 3)
-	d.start()
+	d.Start()
 	vip := topology.VIP4.String() + ":8080"
-	d.must("vip", "add", vip)
+	d.Must("vip", "add", vip)
 	for i, b := range n.Backends {
-		d.must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
+		d.Must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
 	}
 	tr := startTraffic(n, topology.VIP4, n.ClientAddrs4)
 	waitFor(t, "every client address to connect 3 times", 20*time.Second, func() bool { return tr.total.Load() >= int64(3*len(n.ClientAddrs4)) })
@@ -245,7 +141,7 @@ func TestDaemonManagesVIPsAndBackends(t *testing.T) {
 		t.Fatalf("%d of %d connections failed: %v", f, tr.total.Load(), tr.lastErr)
 	}
 
-	d.must("backend", "remove", "--vip", vip, "b2")
+	d.Must("backend", "remove", "--vip", vip, "b2")
 	moved, kept := 0, 0
 	for _, src := range n.ClientAddrs4 {
 		name, err := ask(n.Client, src, topology.VIP4)
@@ -263,15 +159,15 @@ func TestDaemonManagesVIPsAndBackends(t *testing.T) {
 	}
 	t.Logf("removing b2 moved its %d clients and kept the other %d", moved, kept)
 
-	st, err := d.status()
+	st, err := d.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(st.VIPs) != 1 || len(st.VIPs[0].Backends) != 2 || st.Mode != "native" {
 		t.Fatalf("status after removal: %+v", st)
 	}
-	d.must("vip", "remove", vip)
-	if st, err := d.status(); err != nil || len(st.VIPs) != 0 {
+	d.Must("vip", "remove", vip)
+	if st, err := d.Status(); err != nil || len(st.VIPs) != 0 {
 		t.Fatalf("status after removing the VIP: %+v, %v", st, err)
 	}
 }
@@ -281,13 +177,13 @@ func TestDaemonManagesVIPsAndBackends(t *testing.T) {
 // none may fail and no client may change backend.
 func TestDaemonRestartAndUpgradeKeepForwarding(t *testing.T) {
 	n, d := newDaemonNetwork(t, "drst", 2)
-	d.start()
+	d.Start()
 	vip := topology.VIP4.String() + ":8080"
-	d.must("vip", "add", vip)
+	d.Must("vip", "add", vip)
 	for i, b := range n.Backends {
-		d.must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
+		d.Must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
 	}
-	first, err := d.status()
+	first, err := d.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,19 +191,19 @@ func TestDaemonRestartAndUpgradeKeepForwarding(t *testing.T) {
 	defer tr.finish()
 	waitFor(t, "traffic", 10*time.Second, func() bool { return tr.total.Load() >= 50 })
 
-	d.kill()
+	d.Kill()
 	afterKill := tr.total.Load()
 	waitFor(t, "traffic with the daemon dead", 10*time.Second, func() bool { return tr.total.Load() >= afterKill+50 })
-	d.start() // adopts the pins; replaces the program with link.Update
-	second, err := d.status()
+	d.Start() // adopts the pins; replaces the program with link.Update
+	second, err := d.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
 	afterStart := tr.total.Load()
 	waitFor(t, "traffic after the restart", 10*time.Second, func() bool { return tr.total.Load() >= afterStart+50 })
-	d.signal(syscall.SIGTERM)
-	d.start()
-	third, err := d.status()
+	d.Signal(syscall.SIGTERM)
+	d.Start()
+	third, err := d.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,12 +229,12 @@ func TestDaemonRestartAndUpgradeKeepForwarding(t *testing.T) {
 // TestDetachLeavesNothing checks tether detach removes the program and pins.
 func TestDetachLeavesNothing(t *testing.T) {
 	n, d := newDaemonNetwork(t, "ddet", 1)
-	d.start()
-	if err := d.tether("detach", "--iface", "eth0", "--bpffs", d.bpffs); err == nil {
+	d.Start()
+	if err := d.CLI("detach", "--iface", "eth0", "--bpffs", d.BPFFS); err == nil {
 		t.Fatal("detach succeeded while the daemon was running")
 	}
-	d.signal(syscall.SIGTERM)
-	d.must("detach", "--iface", "eth0", "--bpffs", d.bpffs)
+	d.Signal(syscall.SIGTERM)
+	d.Must("detach", "--iface", "eth0", "--bpffs", d.BPFFS)
 	var out bytes.Buffer
 	cmd := exec.Command("ip", "-n", n.LB.Name, "link", "show", "eth0")
 	cmd.Stdout = &out
@@ -348,8 +244,8 @@ func TestDetachLeavesNothing(t *testing.T) {
 	if strings.Contains(out.String(), "xdp") {
 		t.Fatalf("eth0 still has an XDP program after detach:\n%s", out.String())
 	}
-	if _, err := os.Stat(filepath.Join(d.bpffs, "tether")); !os.IsNotExist(err) {
-		entries, _ := os.ReadDir(filepath.Join(d.bpffs, "tether"))
+	if _, err := os.Stat(filepath.Join(d.BPFFS, "tether")); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(filepath.Join(d.BPFFS, "tether"))
 		t.Fatalf("pins left after detach: %v", entries)
 	}
 }
