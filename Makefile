@@ -8,7 +8,7 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool tcpdump
 NODE_DIR := test/e2e/node
 NODE_MODULES := $(NODE_DIR)/node_modules/.package-lock.json
 
-.PHONY: help deps node-deps generate check-generated build test lint
+.PHONY: help deps node-deps generate check-generated build test demo lint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ node-deps: $(NODE_MODULES) ## install the pinned socket.io packages (npm ci)
 test: deps node-deps ## run every test (as root: BPF, netns and end-to-end tests included)
 	$(GO) vet ./...
 	$(TEST_ENV) $(GO) test -count=1 -timeout 20m ./...
+
+demo: deps node-deps build ## three Socket.IO nodes behind tether in namespaces, live, then torn down (root)
+	test/demo/demo.sh
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...

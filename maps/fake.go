@@ -183,6 +183,13 @@ func (f *Fake) Affinities() (map[AffinityKey]Affinity, error) {
 	return maps.Clone(f.affinities), nil
 }
 
+// AffinityCount returns the number of entries.
+func (f *Fake) AffinityCount() (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.affinities), nil
+}
+
 // Settings returns the datapath's switches.
 func (f *Fake) Settings() (Settings, error) {
 	f.mu.Lock()

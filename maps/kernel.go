@@ -148,19 +148,43 @@ func (k *Kernel) DeleteAffinity(key AffinityKey) error {
 	return nil
 }
 
+// affinityBatch is how many affinity entries one syscall reads.
+const affinityBatch = 4096
+
+// eachAffinity calls fn for every affinity entry, reading them in batches:
+// a million entries take hundreds of syscalls, not two million.
+func (k *Kernel) eachAffinity(fn func(loader.TetherAffinityKey, loader.TetherAffinityValue)) error {
+	keys := make([]loader.TetherAffinityKey, affinityBatch)
+	values := make([]loader.TetherAffinityValue, affinityBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := k.maps.Affinity.BatchLookup(&cursor, keys, values, nil)
+		for i := range n {
+			fn(keys[i], values[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading affinity entries: %w", err)
+		}
+	}
+}
+
 // Affinities returns every entry.
 func (k *Kernel) Affinities() (map[AffinityKey]Affinity, error) {
 	out := make(map[AffinityKey]Affinity)
-	var key loader.TetherAffinityKey
-	var a loader.TetherAffinityValue
-	it := k.maps.Affinity.Iterate()
-	for it.Next(&key, &a) {
+	err := k.eachAffinity(func(key loader.TetherAffinityKey, a loader.TetherAffinityValue) {
 		out[decodeAffinityKey(key)] = decodeAffinity(a)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("listing affinity entries: %w", err)
-	}
-	return out, nil
+	})
+	return out, err
+}
+
+// AffinityCount returns the number of entries.
+func (k *Kernel) AffinityCount() (int, error) {
+	count := 0
+	err := k.eachAffinity(func(loader.TetherAffinityKey, loader.TetherAffinityValue) { count++ })
+	return count, err
 }
 
 // Settings returns the datapath's switches.

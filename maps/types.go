@@ -191,6 +191,7 @@ type Maps interface {
 	PutAffinity(AffinityKey, Affinity) error
 	DeleteAffinity(AffinityKey) error
 	Affinities() (map[AffinityKey]Affinity, error)
+	AffinityCount() (int, error)
 
 	Settings() (Settings, error)
 	PutSettings(Settings) error

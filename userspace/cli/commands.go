@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -30,38 +32,67 @@ func vipFlag() cli.Flag {
 	return &cli.StringFlag{Name: "vip", Required: true, Usage: "the VIP, ADDR:PORT or [ADDR]:PORT"}
 }
 
+// checkSetting is a flag that sets one field of a health check.
+type checkSetting struct {
+	cli.Flag
+	kinds []health.Kind // the check kinds that use the field
+	// takes says what the flag takes. The daemon reads a zero field as
+	// "the default", so an explicit zero is refused with this text.
+	takes string
+}
+
+func checkSettings() []checkSetting {
+	probing := []health.Kind{health.KindTCP, health.KindHTTP, health.KindEngineIO}
+	return []checkSetting{
+		{&cli.StringFlag{Name: "check-path", Usage: "http path or Engine.IO endpoint (default / or /socket.io/)"},
+			[]health.Kind{health.KindHTTP, health.KindEngineIO}, "a path starting with /"},
+		{&cli.UintFlag{Name: "check-port", Usage: "port to check (default: the service port)"}, probing, "1 to 65535"},
+		{&cli.StringFlag{Name: "check-method", Usage: "http method: GET or HEAD"}, []health.Kind{health.KindHTTP}, "GET or HEAD"},
+		{&cli.IntFlag{Name: "check-status", Usage: "http status that means healthy (default 200)"}, []health.Kind{health.KindHTTP}, "100 to 599"},
+		{&cli.DurationFlag{Name: "check-interval", Usage: "time between checks (default 2s)"}, probing, "a positive duration such as 2s"},
+		{&cli.DurationFlag{Name: "check-timeout", Usage: "limit of one check (default 1s)"}, probing, "a positive duration shorter than the interval"},
+		{&cli.IntFlag{Name: "check-rise", Usage: "successes in a row to come up (default 2)"}, probing, "1 to 100"},
+		{&cli.IntFlag{Name: "check-fall", Usage: "failures in a row to go down (default 3)"}, probing, "1 to 100"},
+	}
+}
+
 // checkFlags configure a health check, on vip add (the VIP's default) and
 // backend add (an override).
 func checkFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "check", Usage: "health check kind: tcp, http, engineio or none"},
-		&cli.StringFlag{Name: "check-path", Usage: "http path or Engine.IO endpoint (default / or /socket.io/)"},
-		&cli.UintFlag{Name: "check-port", Usage: "port to check (default: the service port)"},
-		&cli.StringFlag{Name: "check-method", Usage: "http method: GET or HEAD"},
-		&cli.IntFlag{Name: "check-status", Usage: "http status that means healthy (default 200)"},
-		&cli.DurationFlag{Name: "check-interval", Usage: "time between checks (default 2s)"},
-		&cli.DurationFlag{Name: "check-timeout", Usage: "limit of one check (default 1s)"},
-		&cli.IntFlag{Name: "check-rise", Usage: "successes in a row to come up (default 2)"},
-		&cli.IntFlag{Name: "check-fall", Usage: "failures in a row to go down (default 3)"},
+	flags := []cli.Flag{&cli.StringFlag{Name: "check", Usage: "health check kind: tcp, http, engineio or none"}}
+	for _, s := range checkSettings() {
+		flags = append(flags, s.Flag)
 	}
+	return flags
 }
 
 // checkFromFlags returns the check the flags describe, or nil when no check
 // flag was given.
 func checkFromFlags(c *cli.Context) (*health.Check, error) {
-	any := false
-	for _, f := range checkFlags() {
-		any = any || c.IsSet(f.Names()[0])
-	}
-	if !any {
-		return nil, nil
+	var given []checkSetting
+	for _, s := range checkSettings() {
+		if c.IsSet(s.Names()[0]) {
+			given = append(given, s)
+		}
 	}
 	if !c.IsSet("check") {
-		return nil, errors.New("--check-* flags need --check KIND (tcp, http, engineio or none)")
+		if len(given) > 0 {
+			return nil, fmt.Errorf("--%s needs --check KIND (tcp, http, engineio or none)", given[0].Names()[0])
+		}
+		return nil, nil
 	}
 	kind, err := health.ParseKind(c.String("check"))
 	if err != nil {
 		return nil, err
+	}
+	for _, s := range given {
+		name := s.Names()[0]
+		if !slices.Contains(s.kinds, kind) {
+			return nil, fmt.Errorf("--%s does not apply to --check %s", name, kind)
+		}
+		if value := c.Value(name); reflect.ValueOf(value).IsZero() {
+			return nil, fmt.Errorf("--%s %q is not valid, expected %s", name, fmt.Sprint(value), s.takes)
+		}
 	}
 	if c.Uint("check-port") > 65535 {
 		return nil, fmt.Errorf("check port %d is out of range, expected 1 to 65535", c.Uint("check-port"))
@@ -74,7 +105,8 @@ func checkFromFlags(c *cli.Context) (*health.Check, error) {
 	}
 	check = check.WithDefaults()
 	if err := check.Validate(); err != nil {
-		return nil, err
+		// Validate reports each problem on a line of its own.
+		return nil, errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return &check, nil
 }
@@ -131,7 +163,10 @@ func vipCommand() *cli.Command {
 					v := control.NewVIP(ref)
 					v.Prefix4, v.Prefix6 = c.Int("prefix4"), c.Int("prefix6")
 					v.AffinityTimeout = c.Duration("affinity-timeout")
-					if c.Uint("table-size") > 1<<31 {
+					if v.AffinityTimeout == 0 {
+						return errors.New("affinity timeout 0s is out of range, expected 1s to 24h (default 120s)")
+					}
+					if c.IsSet("table-size") && (c.Uint("table-size") == 0 || c.Uint("table-size") > 1<<31) {
 						return fmt.Errorf("table size %d is out of range, expected a prime such as 65537", c.Uint("table-size"))
 					}
 					v.TableSize = uint32(c.Uint("table-size"))
@@ -177,6 +212,9 @@ func vipCommand() *cli.Command {
 				Usage: "list VIPs",
 				Flags: []cli.Flag{outputFlag()},
 				Action: func(c *cli.Context) error {
+					if _, err := args(c); err != nil {
+						return err
+					}
 					st, err := status(c)
 					if err != nil {
 						return err
@@ -312,6 +350,12 @@ func backendCommand() *cli.Command {
 				Usage: "list backends",
 				Flags: []cli.Flag{&cli.StringFlag{Name: "vip", Usage: "only this VIP's"}, protoFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
+					if _, err := args(c); err != nil {
+						return err
+					}
+					if c.IsSet("proto") && !c.IsSet("vip") {
+						return errors.New("--proto needs --vip")
+					}
 					st, err := status(c)
 					if err != nil {
 						return err
@@ -347,6 +391,12 @@ func drain(c *cli.Context) error {
 	ref, a, err := backendArgs(c, "NAME")
 	if err != nil {
 		return err
+	}
+	if c.IsSet("timeout") && !c.Bool("wait") {
+		return errors.New("--timeout needs --wait")
+	}
+	if c.Duration("timeout") <= 0 {
+		return fmt.Errorf("drain timeout %s is not positive, expected a duration such as 10m", c.Duration("timeout"))
 	}
 	ctx, cancel := withTimeout(c)
 	err = client(c).Drain(ctx, ref, a[0])
@@ -420,6 +470,9 @@ func statusCommand() *cli.Command {
 		Usage: "show the datapath, VIPs and backends",
 		Flags: []cli.Flag{outputFlag()},
 		Action: func(c *cli.Context) error {
+			if _, err := args(c); err != nil {
+				return err
+			}
 			st, err := status(c)
 			if err != nil {
 				return err

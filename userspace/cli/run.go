@@ -18,12 +18,15 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
 	"github.com/tether-lb/tether/loader"
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/control"
 	"github.com/tether-lb/tether/userspace/health"
+	"github.com/tether-lb/tether/userspace/metrics"
 	"github.com/tether-lb/tether/userspace/neigh"
 )
 
@@ -103,7 +106,11 @@ func (neighResolver) Resolve(ctx context.Context, addr netip.Addr, override net.
 }
 
 func run(c *cli.Context) error {
+	started := time.Now()
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
+	if _, err := args(c); err != nil {
+		return err
+	}
 	mode, err := loader.ParseMode(c.String("mode"))
 	if err != nil {
 		return err
@@ -124,18 +131,18 @@ func run(c *cli.Context) error {
 	if c.Duration("watchdog-timeout") < 0 {
 		return fmt.Errorf("watchdog timeout %s is negative, expected 0 (off) or a duration such as 30s", c.Duration("watchdog-timeout"))
 	}
+	if c.Int("check-workers") < 1 {
+		return fmt.Errorf("check workers %d is out of range, expected at least 1", c.Int("check-workers"))
+	}
+	var metricsListener net.Listener
+	if addr := c.String("metrics-addr"); addr != "" {
+		if metricsListener, err = listenMetrics(addr); err != nil {
+			return err
+		}
+		defer metricsListener.Close()
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("tether run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN for bpffs)")
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("lifting the memlock limit for BPF maps: %w", err)
-	}
-	mounted, err := loader.EnsureBPFFS(c.String("bpffs"))
-	if err != nil {
-		return err
-	}
-	if mounted {
-		log.Info("no bpffs was mounted: mounted one", "path", c.String("bpffs"))
 	}
 
 	statePath := filepath.Join(c.String("state-dir"), "state.json")
@@ -147,6 +154,17 @@ func run(c *cli.Context) error {
 		if state, err = control.MergeConfigFile(state, c.String("config")); err != nil {
 			return err
 		}
+	}
+
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("lifting the memlock limit for BPF maps: %w", err)
+	}
+	mounted, err := loader.EnsureBPFFS(c.String("bpffs"))
+	if err != nil {
+		return err
+	}
+	if mounted {
+		log.Info("no bpffs was mounted: mounted one", "path", c.String("bpffs"))
 	}
 
 	pinDir := loader.PinDir(c.String("bpffs"), ifaceName)
@@ -165,9 +183,10 @@ func run(c *cli.Context) error {
 
 	var daemon *control.Daemon
 	checker := health.NewScheduler(c.Int("check-workers"), func(r health.Result) { daemon.HealthResult(r) })
+	observer := &lateObserver{}
 	daemon, err = control.New(control.Options{
 		Maps: m, Resolver: neighResolver{}, Checker: checker, StatePath: statePath,
-		IngressIfindex: iface.Index, Log: log,
+		IngressIfindex: iface.Index, Log: log, Observer: observer,
 	}, state)
 	if err != nil {
 		return err
@@ -218,14 +237,10 @@ func run(c *cli.Context) error {
 	spawn(func() error { checker.Run(ctx); return nil })
 	spawn(func() error { daemon.Maintain(ctx, time.Second); return nil })
 	spawn(func() error { return watchNeighbours(ctx, daemon, log) })
-	if addr := c.String("metrics-addr"); addr != "" {
-		metrics, err := listenMetrics(addr)
-		if err != nil {
-			stop()
-			wg.Wait()
-			return err
-		}
-		spawn(func() error { return serveMetrics(ctx, metrics) })
+	if metricsListener != nil {
+		registry := metrics.New(m, daemon, log, dp.Options.AffinityCapacity, started)
+		observer.set(registry)
+		spawn(func() error { return serveMetrics(ctx, metricsListener, registry.Registry()) })
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -279,6 +294,37 @@ func watchNeighbours(ctx context.Context, daemon *control.Daemon, log *slog.Logg
 	return nil
 }
 
+// lateObserver passes daemon events to the metrics registry once it
+// exists; before that (and without --metrics-addr) they are dropped.
+type lateObserver struct {
+	mu       sync.Mutex
+	registry *metrics.Metrics
+}
+
+func (o *lateObserver) set(registry *metrics.Metrics) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.registry = registry
+}
+
+func (o *lateObserver) get() *metrics.Metrics {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.registry
+}
+
+func (o *lateObserver) TableBuilt(vip string, took time.Duration) {
+	if r := o.get(); r != nil {
+		r.TableBuilt(vip, took)
+	}
+}
+
+func (o *lateObserver) HealthChecked(vip, backend string, healthy bool, latency time.Duration) {
+	if r := o.get(); r != nil {
+		r.HealthChecked(vip, backend, healthy, latency)
+	}
+}
+
 func listenMetrics(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -287,8 +333,9 @@ func listenMetrics(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-func serveMetrics(ctx context.Context, ln net.Listener) error {
+func serveMetrics(ctx context.Context, ln net.Listener, registry *prometheus.Registry) error {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -310,9 +357,13 @@ func detachCommand() *cli.Command {
 			&cli.StringFlag{Name: "bpffs", Value: loader.DefaultBPFFS, Usage: "bpffs mount point of the pins"},
 		},
 		Action: func(c *cli.Context) error {
-			ctx, cancel := withTimeout(c)
-			defer cancel()
-			if _, err := client(c).Status(ctx); err == nil {
+			if _, err := args(c); err != nil {
+				return err
+			}
+			// Any daemon that accepts a connection is running, even one that
+			// would refuse this caller or is too busy to answer.
+			if conn, err := net.DialTimeout("unix", c.String(socketFlag), time.Second); err == nil {
+				conn.Close()
 				return errors.New("the tether daemon is running: stop it first (SIGTERM), then detach")
 			}
 			dir := loader.PinDir(c.String("bpffs"), c.String("iface"))

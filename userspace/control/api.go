@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -70,7 +72,7 @@ func (s *Server) Listen(path string) (net.Listener, error) {
 	mode := os.FileMode(0o600)
 	if s.allowGID >= 0 {
 		mode = 0o660
-		if err := os.Chown(path, 0, s.allowGID); err != nil {
+		if err := os.Chown(path, -1, s.allowGID); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("giving group %d the control socket: %w", s.allowGID, err)
 		}
@@ -102,6 +104,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return s.daemon.Enable(ctx, r.VIP, r.Backend.Name)
 	}))
 	mux.HandleFunc("POST /v1/backends/pinned", s.pinned)
+	mux.HandleFunc("GET /v1/stats", s.stats)
 	server := &http.Server{
 		Handler:           s.authorize(mux),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -141,12 +144,44 @@ func peerCredentials(c net.Conn) *unix.Ucred {
 func (s *Server) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cred, _ := r.Context().Value(peerKey{}).(*unix.Ucred)
-		if cred == nil || (cred.Uid != 0 && (s.allowGID < 0 || int(cred.Gid) != s.allowGID)) {
-			writeError(w, http.StatusForbidden, errors.New("permission denied: the control socket accepts root only (see tether run --socket-group)"))
+		if cred == nil || !s.allowed(cred) {
+			message := "permission denied: the control socket accepts root only (see tether run --socket-group)"
+			if s.allowGID >= 0 {
+				message = fmt.Sprintf("permission denied: the control socket accepts root and members of group %d only", s.allowGID)
+			}
+			writeError(w, http.StatusForbidden, errors.New(message))
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// allowed reports whether the peer is root or in the allowed group, as its
+// primary or a supplementary group.
+func (s *Server) allowed(cred *unix.Ucred) bool {
+	if cred.Uid == 0 {
+		return true
+	}
+	if s.allowGID < 0 {
+		return false
+	}
+	if int(cred.Gid) == s.allowGID {
+		return true
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cred.Pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if groups, ok := strings.CutPrefix(line, "Groups:"); ok {
+			for _, g := range strings.Fields(groups) {
+				if g == strconv.Itoa(s.allowGID) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -178,7 +213,7 @@ func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: request body: %w", ErrInvalid, err)
+		return invalid(fmt.Errorf("request body: %w", err))
 	}
 	return nil
 }
@@ -202,7 +237,7 @@ func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, Reply{Warnings: s.daemon.Problems(v.VIPRef)})
+	writeJSON(w, http.StatusOK, Reply{Warnings: s.daemon.Problems(v.VIPRef, "")})
 }
 
 func (s *Server) removeVIP(w http.ResponseWriter, r *http.Request) {
@@ -228,7 +263,7 @@ func (s *Server) addBackend(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, Reply{Warnings: s.daemon.Problems(req.VIP)})
+	writeJSON(w, http.StatusOK, Reply{Warnings: s.daemon.Problems(req.VIP, req.Backend.Name)})
 }
 
 func (s *Server) backendCall(call func(context.Context, BackendRequest) error) http.HandlerFunc {
@@ -258,4 +293,13 @@ func (s *Server) pinned(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, PinnedReply{Pinned: n})
+}
+
+func (s *Server) stats(w http.ResponseWriter, _ *http.Request) {
+	st, err := s.daemon.Stats()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
 }

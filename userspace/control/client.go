@@ -124,3 +124,9 @@ func (c *Client) PinnedClients(ctx context.Context, ref VIPRef, name string) (in
 	var r PinnedReply
 	return r.Pinned, c.call(ctx, http.MethodPost, "/v1/backends/pinned", BackendRequest{VIP: ref, Backend: Backend{Name: name}}, &r)
 }
+
+// Stats returns the datapath's counters.
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	var s Stats
+	return s, c.call(ctx, http.MethodGet, "/v1/stats", nil, &s)
+}

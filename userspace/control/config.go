@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/tether-lb/tether/userspace/health"
+	"github.com/tether-lb/tether/userspace/maglev"
 )
 
 // Config is the YAML config file: VIPs and backends declared by the
@@ -152,6 +153,16 @@ func (cfg Config) toState() ([]VIP, error) {
 			}
 			v.Backends = append(v.Backends, b)
 		}
+		// The table size the datapath allows is checked when the state is
+		// applied; everything else is checked here, where the position is
+		// known.
+		withDefaults := v.withDefaults(maglev.DefaultTableSize)
+		if err := withDefaults.validateSettings(); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if err := withDefaults.validateBackends(); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
 		for _, other := range out {
 			if other.VIPRef == v.VIPRef {
 				return nil, fmt.Errorf("%s: VIP %s is declared twice", where, v.VIPRef)
@@ -245,10 +256,14 @@ func (d *Daemon) ReloadConfig(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
+	stride := d.opts.Maps.Limits().TableStride
 	return d.change(ctx, func(s *State) error {
 		merged, err := cfg.Merge(*s)
 		if err != nil {
-			return fmt.Errorf("%w: config file %s: %w", ErrInvalid, path, err)
+			return invalid(fmt.Errorf("config file %s: %w", path, err))
+		}
+		for i := range merged.VIPs {
+			merged.VIPs[i] = merged.VIPs[i].withDefaults(stride)
 		}
 		*s = merged
 		return nil

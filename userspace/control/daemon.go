@@ -47,6 +47,26 @@ var ErrConflict = errors.New("already exists")
 // ErrInvalid wraps errors in the caller's input.
 var ErrInvalid = errors.New("invalid")
 
+// kindError marks err as one of the sentinel kinds above without adding
+// the sentinel's text to the message the user reads.
+type kindError struct {
+	kind error
+	err  error
+}
+
+func (e kindError) Error() string   { return e.err.Error() }
+func (e kindError) Unwrap() []error { return []error{e.kind, e.err} }
+
+func invalid(err error) error { return kindError{kind: ErrInvalid, err: err} }
+
+func notFound(format string, args ...any) error {
+	return kindError{kind: ErrNotFound, err: fmt.Errorf(format, args...)}
+}
+
+func conflict(format string, args ...any) error {
+	return kindError{kind: ErrConflict, err: fmt.Errorf(format, args...)}
+}
+
 const unassignedVIP = ^uint32(0)
 
 // backendRuntime is what the daemon knows of a backend beyond its desired
@@ -80,7 +100,19 @@ type Options struct {
 	StatePath      string  // "" : state is not persisted
 	IngressIfindex int     // the interface the program is attached to
 	Log            *slog.Logger
+	Observer       Observer // nil: events are not reported
 }
+
+// Observer hears what metrics count as it happens.
+type Observer interface {
+	TableBuilt(vip string, took time.Duration)
+	HealthChecked(vip, backend string, healthy bool, latency time.Duration)
+}
+
+type noObserver struct{}
+
+func (noObserver) TableBuilt(string, time.Duration)                  {}
+func (noObserver) HealthChecked(string, string, bool, time.Duration) {}
 
 // Daemon owns the desired state and is the only writer of the maps.
 type Daemon struct {
@@ -100,6 +132,9 @@ type Daemon struct {
 func New(opts Options, state State) (*Daemon, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Observer == nil {
+		opts.Observer = noObserver{}
 	}
 	d := &Daemon{
 		opts:     opts,
@@ -194,7 +229,7 @@ func (d *Daemon) assignIDs(s *State) error {
 				nextVIP++
 			}
 			if nextVIP >= limits.MaxVIPs {
-				return fmt.Errorf("%w: no room for VIP %s: all %d VIP slots are used (start the daemon with a larger --max-vips after tether detach)", ErrInvalid, v.VIPRef, limits.MaxVIPs)
+				return invalid(fmt.Errorf("no room for VIP %s: all %d VIP slots are used (start the daemon with a larger --max-vips after tether detach)", v.VIPRef, limits.MaxVIPs))
 			}
 			v.ID = nextVIP
 			usedVIP[nextVIP] = true
@@ -208,7 +243,7 @@ func (d *Daemon) assignIDs(s *State) error {
 				nextBackend++
 			}
 			if uint32(nextBackend) >= limits.MaxBackends {
-				return fmt.Errorf("%w: no room for backend %s: all %d backend slots are used", ErrInvalid, b.Name, limits.MaxBackends-1)
+				return invalid(fmt.Errorf("no room for backend %s: all %d backend slots are used", b.Name, limits.MaxBackends-1))
 			}
 			b.ID = nextBackend
 			usedBackend[nextBackend] = true
@@ -232,7 +267,6 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	settings.Seed = d.state.Seed
 	settings.Active = true
 	settings.Watchdog = monotonicNow()
 	if err := d.opts.Maps.PutSettings(settings); err != nil {
@@ -270,25 +304,29 @@ func (d *Daemon) change(ctx context.Context, edit func(s *State) error) error {
 	limits := d.opts.Maps.Limits()
 	for _, v := range next.VIPs {
 		if err := v.validate(limits.TableStride); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalid, err)
+			return invalid(err)
 		}
 		if err := v.validateBackends(); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalid, err)
+			return invalid(err)
 		}
 	}
+	// apply removes what d.state has and its argument lacks, so d.state is
+	// next while previous is restored: what only next had goes away.
+	previous := d.state
 	if err := d.apply(ctx, next); err != nil {
-		if rollback := d.apply(ctx, d.state); rollback != nil {
+		d.state = next
+		if rollback := d.apply(ctx, previous); rollback != nil {
 			d.log.Error("restoring the datapath after a failed change", "error", rollback)
 		}
+		d.state = previous
 		return err
 	}
-	previous := d.state
 	d.state = next
 	if err := d.save(); err != nil {
-		d.state = previous
 		if rollback := d.apply(ctx, previous); rollback != nil {
 			d.log.Error("restoring the datapath after failing to save state", "error", rollback)
 		}
+		d.state = previous
 		return err
 	}
 	return nil
@@ -347,7 +385,27 @@ func (d *Daemon) apply(ctx context.Context, s State) error {
 	if err := d.syncAliases(s); err != nil {
 		return err
 	}
-	return d.syncTxPorts()
+	if err := d.syncTxPorts(); err != nil {
+		return err
+	}
+	return d.syncSeed(s.Seed)
+}
+
+// syncSeed makes the datapath hash clients with the seed the tables were
+// built with.
+func (d *Daemon) syncSeed(seed uint32) error {
+	settings, err := d.opts.Maps.Settings()
+	if err != nil {
+		return fmt.Errorf("reading datapath settings: %w", err)
+	}
+	if settings.Seed == seed {
+		return nil
+	}
+	settings.Seed = seed
+	if err := d.opts.Maps.PutSettings(settings); err != nil {
+		return fmt.Errorf("writing the hash seed: %w", err)
+	}
+	return nil
 }
 
 func containsVIP(s State, ref VIPRef) bool {
@@ -377,13 +435,13 @@ func (d *Daemon) syncBackendRuntime(ctx context.Context, v VIP, b Backend) {
 		d.resolve(ctx, b, rt)
 	}
 	check, target := v.checkFor(b)
-	rt.checked = check.Kind != health.KindNone
-	if d.opts.Checker == nil {
-		return
-	}
+	rt.checked = d.opts.Checker != nil && check.Kind != health.KindNone
 	if !rt.checked {
-		d.opts.Checker.Remove(backendCheckID(b.ID))
+		// Nothing would ever report it up again.
 		rt.health = health.Up
+		if d.opts.Checker != nil {
+			d.opts.Checker.Remove(backendCheckID(b.ID))
+		}
 		return
 	}
 	if err := d.opts.Checker.Set(backendCheckID(b.ID), target, check, rt.health); err != nil {
@@ -424,10 +482,13 @@ func (d *Daemon) datapathState(b Backend, rt *backendRuntime, allDown bool, v VI
 
 // installVIP writes a VIP's backends, builds its table and swaps it in.
 func (d *Daemon) installVIP(v VIP, seed uint32) error {
+	started := time.Now()
+	// All down means no backend could take a new client: weight 0 and
+	// draining backends take none.
 	allDown := true
 	for _, b := range v.Backends {
 		rt := d.backends[b.ID]
-		if rt.resolveErr == nil && rt.nextHop.MAC != nil && rt.health == health.Up && !b.Drained {
+		if rt.resolveErr == nil && rt.nextHop.MAC != nil && rt.health == health.Up && !b.Drained && b.Weight > 0 {
 			allDown = false
 		}
 	}
@@ -504,8 +565,20 @@ func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	if err := d.opts.Maps.PutVIP(key, info); err != nil {
 		return err
 	}
+	// Non-first fragments must follow the swap too, whatever caused it.
+	alias := maps.FragmentAlias(key)
+	aliasInfo, err := d.opts.Maps.VIP(alias)
+	switch {
+	case err == nil && aliasInfo.ID == info.ID:
+		if err := d.opts.Maps.PutVIP(alias, info); err != nil {
+			return fmt.Errorf("switching the fragment alias of %s to its new table: %w", v.VIPRef, err)
+		}
+	case err != nil && !errors.Is(err, maps.ErrNotFound):
+		return fmt.Errorf("reading the fragment alias of %s: %w", v.VIPRef, err)
+	}
 	rt.info, rt.table = info, table
 	rt.tableVersion++
+	d.opts.Observer.TableBuilt(v.VIPRef.String(), time.Since(started))
 	return nil
 }
 
@@ -608,20 +681,20 @@ func (d *Daemon) syncTxPorts() error {
 // HealthResult takes a health check's outcome; a transition rebuilds the
 // backend's VIP.
 func (d *Daemon) HealthResult(r health.Result) {
-	if !r.Changed {
-		return
-	}
-	id, state, reason := r.ID, r.State, r.Reason
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, v := range d.state.VIPs {
 		for _, b := range v.Backends {
-			if backendCheckID(b.ID) != id {
+			if backendCheckID(b.ID) != r.ID {
 				continue
 			}
+			d.opts.Observer.HealthChecked(v.VIPRef.String(), b.Name, r.Err == nil, r.Latency)
+			if !r.Changed {
+				return
+			}
 			rt := d.backends[b.ID]
-			rt.health, rt.healthNote = state, reason
-			d.log.Info("backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", state.String(), "reason", reason)
+			rt.health, rt.healthNote = r.State, r.Reason
+			d.log.Info("backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", r.State.String(), "reason", r.Reason)
 			if err := d.installVIP(v, d.state.Seed); err != nil {
 				d.log.Error("applying health change", "vip", v.VIPRef.String(), "backend", b.Name, "error", err)
 			}

@@ -21,7 +21,7 @@ func findVIP(s *State, ref VIPRef) (*VIP, error) {
 			return &s.VIPs[i], nil
 		}
 	}
-	return nil, fmt.Errorf("%w: VIP %s is not configured", ErrNotFound, ref)
+	return nil, notFound("VIP %s is not configured", ref)
 }
 
 func findBackend(v *VIP, name string) (*Backend, error) {
@@ -30,14 +30,14 @@ func findBackend(v *VIP, name string) (*Backend, error) {
 			return &v.Backends[i], nil
 		}
 	}
-	return nil, fmt.Errorf("%w: backend %q is not in VIP %s", ErrNotFound, name, v.VIPRef)
+	return nil, notFound("backend %q is not in VIP %s", name, v.VIPRef)
 }
 
 // AddVIP adds a VIP. Unset settings get their defaults.
 func (d *Daemon) AddVIP(ctx context.Context, v VIP) error {
 	return d.change(ctx, func(s *State) error {
 		if _, err := findVIP(s, v.VIPRef); err == nil {
-			return fmt.Errorf("%w: VIP %s", ErrConflict, v.VIPRef)
+			return conflict("VIP %s already exists", v.VIPRef)
 		}
 		v = v.withDefaults(d.opts.Maps.Limits().TableStride)
 		v.ID = unassignedVIP
@@ -69,7 +69,7 @@ func (d *Daemon) AddBackend(ctx context.Context, ref VIPRef, b Backend) error {
 			return err
 		}
 		if _, err := findBackend(v, b.Name); err == nil {
-			return fmt.Errorf("%w: backend %q in VIP %s", ErrConflict, b.Name, ref)
+			return conflict("backend %q already exists in VIP %s", b.Name, ref)
 		}
 		b = b.withDefaults()
 		b.ID = 0
@@ -241,9 +241,10 @@ func (d *Daemon) Status() (Status, error) {
 	return out, nil
 }
 
-// Problems lists backends that cannot be used and why, for a command to
-// report right after it changed something.
-func (d *Daemon) Problems(ref VIPRef) []string {
+// Problems lists a VIP's backends that cannot be used and why, for a
+// command to report right after it changed something; name, if not empty,
+// limits the list to that backend.
+func (d *Daemon) Problems(ref VIPRef, name string) []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	v, err := findVIP(&d.state, ref)
@@ -252,7 +253,7 @@ func (d *Daemon) Problems(ref VIPRef) []string {
 	}
 	var out []string
 	for _, b := range v.Backends {
-		if rt := d.backends[b.ID]; rt.resolveErr != nil {
+		if rt := d.backends[b.ID]; rt.resolveErr != nil && (name == "" || name == b.Name) {
 			out = append(out, fmt.Sprintf("backend %s (%s) is out of service: %v", b.Name, b.Addr, rt.resolveErr))
 		}
 	}
@@ -264,20 +265,29 @@ func (d *Daemon) Problems(ref VIPRef) []string {
 // was lost thus never serves stale configuration.
 func (d *Daemon) removeStrays() error {
 	known := map[maps.VIPKey]bool{}
+	knownIDs := map[uint32]bool{}
 	for _, v := range d.state.VIPs {
 		known[v.key()] = true
+		knownIDs[v.ID] = true
 	}
 	current, err := d.opts.Maps.VIPs()
 	if err != nil {
 		return err
 	}
-	for key := range current {
+	strayIDs := map[uint32]bool{}
+	for key, info := range current {
 		if key.Port != 0 && !known[key] {
 			d.log.Warn("removing a VIP the state does not know", "vip", key.String())
 			if err := d.opts.Maps.DeleteVIP(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
 				return err
 			}
+			if !knownIDs[info.ID] {
+				strayIDs[info.ID] = true
+			}
 		}
+	}
+	if err := d.forgetClients(strayIDs); err != nil {
+		return err
 	}
 	limits := d.opts.Maps.Limits()
 	for id := maps.BackendID(1); uint32(id) < limits.MaxBackends; id++ {
@@ -291,6 +301,27 @@ func (d *Daemon) removeStrays() error {
 		if entry.State.Usable() {
 			if err := d.opts.Maps.PutBackend(id, maps.Backend{Generation: entry.Generation + 1, State: maps.BackendDown}); err != nil {
 				return err
+			}
+		}
+	}
+	return nil
+}
+
+// forgetClients deletes the affinity entries of the VIP ids removed from
+// the datapath without removeVIP, so that a VIP given one of those ids
+// later does not inherit their clients.
+func (d *Daemon) forgetClients(vipIDs map[uint32]bool) error {
+	if len(vipIDs) == 0 {
+		return nil
+	}
+	entries, err := d.opts.Maps.Affinities()
+	if err != nil {
+		return fmt.Errorf("reading affinity entries: %w", err)
+	}
+	for key := range entries {
+		if vipIDs[key.VIPID] {
+			if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+				return fmt.Errorf("forgetting clients of a removed VIP: %w", err)
 			}
 		}
 	}

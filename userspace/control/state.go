@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -212,6 +211,18 @@ func largestPrimeAtMost(n uint32) uint32 {
 
 // validate checks a VIP's own settings (not its backends).
 func (v VIP) validate(tableStride uint32) error {
+	if err := v.validateSettings(); err != nil {
+		return err
+	}
+	if v.TableSize > tableStride {
+		return fmt.Errorf("table size %d is above %d, the largest the datapath was loaded with", v.TableSize, tableStride)
+	}
+	return nil
+}
+
+// validateSettings checks a VIP's own settings except what depends on the
+// loaded datapath.
+func (v VIP) validateSettings() error {
 	if err := checkServiceAddr("VIP", v.Addr.Addr()); err != nil {
 		return err
 	}
@@ -230,8 +241,8 @@ func (v VIP) validate(tableStride uint32) error {
 	if v.AffinityTimeout < time.Second || v.AffinityTimeout > maxAffinityTimeout {
 		return fmt.Errorf("affinity timeout %s is out of range, expected 1s to 24h (default 120s)", v.AffinityTimeout)
 	}
-	if !maglev.IsPrime(v.TableSize) || v.TableSize > tableStride {
-		return fmt.Errorf("table size %d is not a prime from 3 to %d (the loaded maximum)", v.TableSize, tableStride)
+	if v.TableSize < 3 || !maglev.IsPrime(v.TableSize) {
+		return fmt.Errorf("table size %d is not a prime of at least 3 (such as %d)", v.TableSize, maglev.DefaultTableSize)
 	}
 	if v.NoBackend != NoBackendDrop && v.NoBackend != NoBackendPass {
 		return fmt.Errorf("no-backend action %q is not known, expected drop or pass", v.NoBackend)
@@ -284,9 +295,13 @@ func (b Backend) validate() error {
 func (v VIP) validateBackends() error {
 	names := map[string]bool{}
 	addrs := map[netip.Addr]string{}
+	weighted := 0
 	for _, b := range v.Backends {
 		if err := b.validate(); err != nil {
 			return err
+		}
+		if b.Weight > 0 {
+			weighted++
 		}
 		if names[b.Name] {
 			return fmt.Errorf("backend name %q is used twice in VIP %s", b.Name, v.VIPRef)
@@ -296,6 +311,9 @@ func (v VIP) validateBackends() error {
 			return fmt.Errorf("backend address %s of %s is already used by %s in VIP %s", b.Addr, b.Name, other, v.VIPRef)
 		}
 		addrs[b.Addr] = b.Name
+	}
+	if uint64(weighted) > uint64(v.TableSize) {
+		return fmt.Errorf("VIP %s has %d backends with a non-zero weight but a table of %d slots, expected at most one per slot", v.VIPRef, weighted, v.TableSize)
 	}
 	return nil
 }
@@ -380,13 +398,4 @@ func copyFile(from, to string) error {
 		return fmt.Errorf("keeping previous state: %w", err)
 	}
 	return nil
-}
-
-// parsePort parses a port number from 1 to 65535.
-func parsePort(s string) (uint16, error) {
-	p, err := strconv.ParseUint(s, 10, 16)
-	if err != nil || p == 0 {
-		return 0, fmt.Errorf("port %q is not valid, expected 1 to 65535", s)
-	}
-	return uint16(p), nil
 }

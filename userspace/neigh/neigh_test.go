@@ -154,7 +154,7 @@ func TestResolveTimesOutWithoutHost(t *testing.T) {
 		t.Fatalf("Resolve(%s) succeeded, want an error: no host has that address", absent)
 	}
 	t.Logf("error: %v", err)
-	for _, part := range []string{"no neighbour entry for 198.18.4.99 on ngh0 after 1s", "is the backend up"} {
+	for _, part := range []string{"no neighbour entry for 198.18.4.99 on ngh0 after ", "is the backend up"} {
 		if !strings.Contains(err.Error(), part) {
 			t.Errorf("error %q does not contain %q", err, part)
 		}

@@ -90,7 +90,7 @@ function start(index) {
 }
 
 function totals() {
-  const t = { clients: clients.length, connected: 0, acks: 0, ackTimeouts: 0, connectErrors: 0, disconnects: 0, mismatches: 0, moved: 0, perNode: {} };
+  const t = { clients: clients.length, connected: 0, acks: 0, ackTimeouts: 0, connectErrors: 0, disconnects: 0, mismatches: 0, moved: 0, perNode: {}, byAddr: {} };
   for (const c of clients) {
     t.connected += c.connected ? 1 : 0;
     t.acks += c.acks;
@@ -102,6 +102,8 @@ function totals() {
     const node = c.nodes[c.nodes.length - 1];
     if (node) {
       t.perNode[node] = (t.perNode[node] || 0) + 1;
+      const seen = t.byAddr[c.addr];
+      t.byAddr[c.addr] = seen && seen !== node ? "split" : node;
     }
   }
   return t;

@@ -1,0 +1,210 @@
+// Package metrics exports tether's state to Prometheus. The collector reads
+// the datapath's per-CPU counters and the daemon's inventory at scrape
+// time; histograms for table builds and health checks are fed as events
+// happen. Exposition is client_golang's, never hand-formatted.
+package metrics
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tether-lb/tether/loader"
+	"github.com/tether-lb/tether/maps"
+	"github.com/tether-lb/tether/userspace/control"
+)
+
+// Source is what the collector reads at scrape time.
+type Source interface {
+	Inventory() control.Inventory
+}
+
+// Metrics is tether's Prometheus registry.
+type Metrics struct {
+	registry     *prometheus.Registry
+	tableBuilds  *prometheus.HistogramVec
+	checks       *prometheus.CounterVec
+	checkLatency *prometheus.HistogramVec
+}
+
+// New returns the registry of a daemon whose maps are m.
+func New(m maps.Maps, source Source, log *slog.Logger, affinityCapacity uint32, started time.Time) *Metrics {
+	out := &Metrics{
+		registry: prometheus.NewRegistry(),
+		tableBuilds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tether_maglev_build_seconds",
+			Help:    "Time to build and install a VIP's Maglev table.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12),
+		}, []string{"vip"}),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_health_checks_total",
+			Help: "Health check probes by result.",
+		}, []string{"vip", "backend", "result"}),
+		checkLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tether_health_check_duration_seconds",
+			Help:    "Duration of health check probes.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"vip", "backend"}),
+	}
+	out.registry.MustRegister(
+		newCollector(m, source, log, affinityCapacity, started),
+		out.tableBuilds, out.checks, out.checkLatency,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return out
+}
+
+// Registry is what /metrics serves.
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+// TableBuilt records a table build and swap.
+func (m *Metrics) TableBuilt(vip string, took time.Duration) {
+	m.tableBuilds.WithLabelValues(vip).Observe(took.Seconds())
+}
+
+// HealthChecked records one probe.
+func (m *Metrics) HealthChecked(vip, backend string, healthy bool, latency time.Duration) {
+	result := "failure"
+	if healthy {
+		result = "success"
+	}
+	m.checks.WithLabelValues(vip, backend, result).Inc()
+	m.checkLatency.WithLabelValues(vip, backend).Observe(latency.Seconds())
+}
+
+type collector struct {
+	maps             maps.Maps
+	source           Source
+	log              *slog.Logger
+	affinityCapacity uint32
+	started          time.Time
+	collectionErrors prometheus.Counter
+
+	packets, bytes                 *prometheus.Desc
+	vipPackets, vipBytes           *prometheus.Desc
+	backendPackets, backendBytes   *prometheus.Desc
+	affinityEvents, vipAffinity    *prometheus.Desc
+	affinityEntries, affinityCap   *prometheus.Desc
+	backendState, backendWeight    *prometheus.Desc
+	backendHealthy, vipFailingOpen *prometheus.Desc
+	tableSwaps, attachInfo         *prometheus.Desc
+	startTime, active              *prometheus.Desc
+}
+
+func newCollector(m maps.Maps, source Source, log *slog.Logger, affinityCapacity uint32, started time.Time) *collector {
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &collector{
+		maps: m, source: source, log: log, affinityCapacity: affinityCapacity, started: started,
+		collectionErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_collection_errors_total", Help: "Errors reading the datapath's maps during scrapes."}),
+		packets:         desc("tether_packets_total", "Packets seen by the XDP program, by outcome.", "outcome"),
+		bytes:           desc("tether_bytes_total", "Bytes of packets seen by the XDP program, by outcome.", "outcome"),
+		vipPackets:      desc("tether_vip_packets_total", "Packets to a VIP, by outcome.", "vip", "outcome"),
+		vipBytes:        desc("tether_vip_bytes_total", "Bytes of packets to a VIP, by outcome.", "vip", "outcome"),
+		backendPackets:  desc("tether_backend_packets_total", "Packets sent to a backend, by outcome.", "vip", "backend", "outcome"),
+		backendBytes:    desc("tether_backend_bytes_total", "Bytes of packets sent to a backend, by outcome.", "vip", "backend", "outcome"),
+		affinityEvents:  desc("tether_affinity_events_total", "Affinity table lookups and writes, by event.", "event"),
+		vipAffinity:     desc("tether_vip_affinity_events_total", "Affinity table lookups and writes of a VIP, by event.", "vip", "event"),
+		affinityEntries: desc("tether_affinity_entries", "Clients in the affinity table."),
+		affinityCap:     desc("tether_affinity_capacity", "Clients the affinity table can hold before evicting."),
+		backendState:    desc("tether_backend_state", "1 for the backend's datapath state.", "vip", "backend", "state"),
+		backendWeight:   desc("tether_backend_weight", "The backend's weight.", "vip", "backend"),
+		backendHealthy:  desc("tether_backend_healthy", "1 if the backend's health checks pass (or it has none).", "vip", "backend"),
+		vipFailingOpen:  desc("tether_vip_failing_open", "1 if every backend of the VIP is down and tether forwards anyway.", "vip"),
+		tableSwaps:      desc("tether_maglev_rebuilds_total", "Maglev tables built and swapped in since the daemon started.", "vip"),
+		attachInfo:      desc("tether_attach_info", "Where and how the XDP program is attached.", "interface", "mode", "program_id"),
+		startTime:       desc("tether_start_time_seconds", "When the daemon started, in Unix seconds."),
+		active:          desc("tether_datapath_active", "1 if the datapath is switched on."),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	prometheus.DescribeByCollect(c, ch)
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	inv := c.source.Inventory()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	fail := func(err error) {
+		c.collectionErrors.Inc()
+		c.log.Warn("reading the datapath for metrics", "error", err)
+	}
+
+	if global, err := c.maps.Counters(maps.GlobalSlot); err != nil {
+		fail(err)
+	} else {
+		for o, name := range control.OutcomeNames {
+			counter(c.packets, global.Packets[o], name)
+			counter(c.bytes, global.Bytes[o], name)
+		}
+		for e, name := range control.AffinityEventNames {
+			counter(c.affinityEvents, global.Affinity[e], name)
+		}
+	}
+	limits := c.maps.Limits()
+	for _, v := range inv.VIPs {
+		if vc, err := c.maps.Counters(limits.VIPSlot(v.ID)); err != nil {
+			fail(err)
+		} else {
+			for o, name := range control.OutcomeNames {
+				counter(c.vipPackets, vc.Packets[o], v.Name, name)
+				counter(c.vipBytes, vc.Bytes[o], v.Name, name)
+			}
+			for e, name := range control.AffinityEventNames {
+				counter(c.vipAffinity, vc.Affinity[e], v.Name, name)
+			}
+		}
+		counter(c.tableSwaps, v.TableVersion, v.Name)
+		gauge(c.vipFailingOpen, boolValue(v.FailingOpen), v.Name)
+		for _, b := range v.Backends {
+			if bc, err := c.maps.Counters(limits.BackendSlot(b.ID)); err != nil {
+				fail(err)
+			} else {
+				for _, o := range []loader.TetherOutcome{loader.TetherOutcomeOUTCOME_FORWARD_TX,
+					loader.TetherOutcomeOUTCOME_FORWARD_REDIRECT, loader.TetherOutcomeOUTCOME_DROP_TX_PORT_MISSING} {
+					counter(c.backendPackets, bc.Packets[o], v.Name, b.Name, control.OutcomeNames[o])
+					counter(c.backendBytes, bc.Bytes[o], v.Name, b.Name, control.OutcomeNames[o])
+				}
+			}
+			for _, s := range []maps.BackendState{maps.BackendUp, maps.BackendDraining, maps.BackendDown} {
+				gauge(c.backendState, boolValue(b.State == s), v.Name, b.Name, s.String())
+			}
+			gauge(c.backendWeight, float64(b.Weight), v.Name, b.Name)
+			gauge(c.backendHealthy, boolValue(b.Healthy || !b.Checked), v.Name, b.Name)
+		}
+	}
+	if n, err := c.maps.AffinityCount(); err != nil {
+		fail(err)
+	} else {
+		gauge(c.affinityEntries, float64(n))
+	}
+	gauge(c.affinityCap, float64(c.affinityCapacity))
+	if inv.Interface != "" {
+		gauge(c.attachInfo, 1, inv.Interface, inv.Mode, fmt.Sprint(inv.ProgramID))
+	}
+	gauge(c.startTime, float64(c.started.UnixNano())/1e9)
+	if s, err := c.maps.Settings(); err != nil {
+		fail(err)
+	} else {
+		gauge(c.active, boolValue(s.Active))
+	}
+	ch <- c.collectionErrors
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
