@@ -1,0 +1,97 @@
+package metrics
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/tether-lb/tether/loader"
+	"github.com/tether-lb/tether/maps"
+	"github.com/tether-lb/tether/userspace/control"
+)
+
+type inventory control.Inventory
+
+func (i inventory) Inventory() control.Inventory { return control.Inventory(i) }
+
+func testSource() (*maps.Fake, inventory) {
+	limits := maps.Limits{MaxVIPs: 4, TableStride: 7, MaxBackends: 8}
+	m := maps.NewFake(limits)
+	_ = m.PutSettings(maps.Settings{Active: true})
+	m.UpdateCounters(maps.GlobalSlot, func(c *maps.Counters) {
+		c.Packets[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 10
+		c.Bytes[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 640
+		c.Affinity[loader.TetherAffinityEventAFFINITY_HIT] = 9
+	})
+	m.UpdateCounters(limits.VIPSlot(1), func(c *maps.Counters) { c.Packets[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 10 })
+	m.UpdateCounters(limits.BackendSlot(3), func(c *maps.Counters) { c.Packets[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 10 })
+	_ = m.PutAffinity(maps.AffinityKey{VIPID: 1}, maps.Affinity{Backend: 3})
+	inv := inventory{
+		DatapathInfo: control.DatapathInfo{Interface: "eth0", Mode: "native", ProgramID: 42},
+		VIPs: []control.VIPInventory{{Name: "198.18.1.1:80/tcp", ID: 1, TableVersion: 2, Backends: []control.BackendInventory{
+			{Name: "b1", ID: 3, State: maps.BackendUp, Healthy: true, Checked: true, Weight: 1},
+		}}},
+	}
+	return m, inv
+}
+
+func TestCollectorReadsTheMaps(t *testing.T) {
+	m, inv := testSource()
+	metrics := New(m, inv, slog.New(slog.DiscardHandler), 1024, time.Unix(1000, 0))
+	metrics.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
+	metrics.HealthChecked("198.18.1.1:80/tcp", "b1", true, 2*time.Millisecond)
+	want := `
+# HELP tether_packets_total Packets seen by the XDP program, by outcome.
+# TYPE tether_packets_total counter
+`
+	got, err := testutil.GatherAndCount(metrics.Registry(), "tether_packets_total")
+	if err != nil || got != len(control.OutcomeNames) {
+		t.Fatalf("tether_packets_total has %d series (%v), want one per outcome (%d)", got, err, len(control.OutcomeNames))
+	}
+	expected := want + `tether_packets_total{outcome="forwarded_tx"} 10` + "\n"
+	for _, name := range control.OutcomeNames {
+		if name != "forwarded_tx" {
+			expected += `tether_packets_total{outcome="` + name + `"} 0` + "\n"
+		}
+	}
+	if err := testutil.GatherAndCompare(metrics.Registry(), strings.NewReader(expected), "tether_packets_total"); err != nil {
+		t.Error(err)
+	}
+	for _, series := range []struct {
+		name  string
+		value string
+	}{
+		{"tether_backend_packets_total", `tether_backend_packets_total{backend="b1",outcome="forwarded_tx",vip="198.18.1.1:80/tcp"} 10`},
+		{"tether_affinity_entries", "tether_affinity_entries 1"},
+		{"tether_affinity_capacity", "tether_affinity_capacity 1024"},
+		{"tether_maglev_rebuilds_total", `tether_maglev_rebuilds_total{vip="198.18.1.1:80/tcp"} 2`},
+		{"tether_attach_info", `tether_attach_info{interface="eth0",mode="native",program_id="42"} 1`},
+		{"tether_datapath_active", "tether_datapath_active 1"},
+	} {
+		body, err := testutil.CollectAndFormat(metrics.Registry(), expfmt.TypeTextPlain, series.name)
+		if err != nil {
+			body = nil
+		}
+		if !strings.Contains(string(body), series.value) {
+			t.Errorf("%s lacks %q:\n%s", series.name, series.value, body)
+		}
+	}
+}
+
+func TestCollectorPassesLint(t *testing.T) {
+	m, inv := testSource()
+	metrics := New(m, inv, slog.New(slog.DiscardHandler), 1024, time.Now())
+	metrics.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
+	metrics.HealthChecked("198.18.1.1:80/tcp", "b1", false, time.Millisecond)
+	problems, err := testutil.GatherAndLint(metrics.Registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
