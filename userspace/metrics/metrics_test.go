@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"log/slog"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -93,5 +95,36 @@ func TestCollectorPassesLint(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestDashboardUsesRealMetrics keeps deploy/grafana-dashboard.json in line
+// with the metrics tether exports.
+func TestDashboardUsesRealMetrics(t *testing.T) {
+	dashboard, err := os.ReadFile("../../deploy/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, inv := testSource()
+	metrics := New(m, inv, slog.New(slog.DiscardHandler), 1024, time.Now())
+	metrics.TableBuilt("v", time.Millisecond)
+	metrics.HealthChecked("v", "b", true, time.Millisecond)
+	families, err := metrics.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, f := range families {
+		exported[f.GetName()] = true
+	}
+	used := regexp.MustCompile(`tether_[a-z0-9_]+`).FindAllString(string(dashboard), -1)
+	if len(used) == 0 {
+		t.Fatal("the dashboard uses no tether metric")
+	}
+	for _, name := range used {
+		base := strings.TrimSuffix(name, "_bucket")
+		if !exported[base] {
+			t.Errorf("the dashboard uses %s, which tether does not export", name)
+		}
 	}
 }
