@@ -183,6 +183,15 @@ func (f *Fake) Affinities() (map[AffinityKey]Affinity, error) {
 	return maps.Clone(f.affinities), nil
 }
 
+// ForEachAffinity calls fn for every entry, on a copy taken first.
+func (f *Fake) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
+	entries, _ := f.Affinities()
+	for key, a := range entries {
+		fn(key, a)
+	}
+	return nil
+}
+
 // AffinityCount returns the number of entries.
 func (f *Fake) AffinityCount() (int, error) {
 	f.mu.Lock()

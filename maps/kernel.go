@@ -180,6 +180,13 @@ func (k *Kernel) Affinities() (map[AffinityKey]Affinity, error) {
 	return out, err
 }
 
+// ForEachAffinity calls fn for every entry, reading them in batches.
+func (k *Kernel) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
+	return k.eachAffinity(func(key loader.TetherAffinityKey, a loader.TetherAffinityValue) {
+		fn(decodeAffinityKey(key), decodeAffinity(a))
+	})
+}
+
 // AffinityCount returns the number of entries.
 func (k *Kernel) AffinityCount() (int, error) {
 	count := 0

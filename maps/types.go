@@ -192,6 +192,8 @@ type Maps interface {
 	DeleteAffinity(AffinityKey) error
 	Affinities() (map[AffinityKey]Affinity, error)
 	AffinityCount() (int, error)
+	// ForEachAffinity calls fn for every entry without holding them all.
+	ForEachAffinity(fn func(AffinityKey, Affinity)) error
 
 	Settings() (Settings, error)
 	PutSettings(Settings) error

@@ -211,6 +211,11 @@ func (d *Daemon) checkIDs(s State) error {
 func (d *Daemon) assignIDs(s *State) error {
 	limits := d.opts.Maps.Limits()
 	usedVIP := map[uint32]bool{}
+	// A VIP removed by this same change keeps its id until the change is
+	// in: a new VIP must not write into its live table slot.
+	for _, v := range d.state.VIPs {
+		usedVIP[v.ID] = true
+	}
 	usedBackend := map[maps.BackendID]bool{}
 	for _, v := range s.VIPs {
 		if v.ID != unassignedVIP {

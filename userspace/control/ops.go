@@ -137,26 +137,35 @@ func (d *Daemon) PinnedClients(ref VIPRef, name string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return d.pinnedClients(v, b.ID)
+	counts, err := d.pinnedCounts()
+	return counts[b.ID], err
 }
 
-func (d *Daemon) pinnedClients(v *VIP, id maps.BackendID) (int, error) {
-	entries, err := d.opts.Maps.Affinities()
-	if err != nil {
-		return 0, err
+// pinnedCounts counts every backend's fresh affinity entries in one pass
+// over the affinity map: entries of its VIP, with its current generation,
+// seen within the VIP's affinity timeout.
+func (d *Daemon) pinnedCounts() (map[maps.BackendID]int, error) {
+	vipOf := map[maps.BackendID]*VIP{}
+	for i := range d.state.VIPs {
+		for _, b := range d.state.VIPs[i].Backends {
+			vipOf[b.ID] = &d.state.VIPs[i]
+		}
 	}
-	rt := d.backends[id]
 	now := monotonicNow()
-	count := 0
-	for key, a := range entries {
-		if key.VIPID != v.ID || a.Backend != id || a.Generation != rt.generation {
-			continue
+	counts := map[maps.BackendID]int{}
+	err := d.opts.Maps.ForEachAffinity(func(key maps.AffinityKey, a maps.Affinity) {
+		v, rt := vipOf[a.Backend], d.backends[a.Backend]
+		if v == nil || rt == nil || key.VIPID != v.ID || a.Generation != rt.generation {
+			return
 		}
 		if now <= a.LastSeen || time.Duration(now-a.LastSeen) <= v.AffinityTimeout {
-			count++
+			counts[a.Backend]++
 		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("counting pinned clients: %w", err)
 	}
-	return count, nil
+	return counts, nil
 }
 
 // BackendStatus is a backend as status shows it.
@@ -208,6 +217,10 @@ func (d *Daemon) SetDatapathInfo(info DatapathInfo) {
 func (d *Daemon) Status() (Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	pinned, err := d.pinnedCounts()
+	if err != nil {
+		return Status{}, err
+	}
 	out := Status{DatapathInfo: d.info, Seed: d.state.Seed, VIPs: []VIPStatus{}}
 	for i := range d.state.VIPs {
 		v := &d.state.VIPs[i]
@@ -229,11 +242,7 @@ func (d *Daemon) Status() (Status, error) {
 			if rt.resolveErr != nil {
 				bs.Problem = rt.resolveErr.Error()
 			}
-			pinned, err := d.pinnedClients(v, b.ID)
-			if err != nil {
-				return Status{}, err
-			}
-			bs.Pinned = pinned
+			bs.Pinned = pinned[b.ID]
 			vs.Backends = append(vs.Backends, bs)
 		}
 		out.VIPs = append(out.VIPs, vs)
