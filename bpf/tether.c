@@ -246,6 +246,10 @@ static __always_inline void count(__u32 slot, int outcome, __u64 bytes,
 SEC("xdp")
 int tether_lb(struct xdp_md *ctx)
 {
+	/* Subtracting packet pointers, like the variable-length header
+	 * arithmetic in parse.h, needs CAP_PERFMON besides CAP_BPF: without it
+	 * the verifier forbids pointer arithmetic it cannot sanitise against
+	 * speculative execution. */
 	__u64 bytes = ctx->data_end - ctx->data;
 	struct result res = { .vip_id = NO_VIP };
 	int outcome = balance(ctx, &res);

@@ -42,6 +42,9 @@ type Daemon struct {
 	cmd      *exec.Cmd
 	log      *syncBuffer
 	done     chan struct{}
+	// Wrapper runs before the binary inside the namespace, e.g. setpriv
+	// to drop capabilities.
+	Wrapper []string
 }
 
 // syncBuffer is a bytes.Buffer safe for the daemon's output goroutines.
@@ -91,8 +94,9 @@ func New(t testing.TB, binary string, lb *topology.Node) *Daemon {
 // nsenter --net keeps the test's mount namespace, where the bpffs is.
 func (d *Daemon) Start(extra ...string) {
 	d.t.Helper()
-	args := append([]string{"--net=/run/netns/" + d.lb.Name, d.binary, "--socket", d.Socket, "run",
-		"--iface", "eth0", "--bpffs", d.BPFFS, "--state-dir", d.StateDir}, extra...)
+	args := append([]string{"--net=/run/netns/" + d.lb.Name}, d.Wrapper...)
+	args = append(args, d.binary, "--socket", d.Socket, "run", "--iface", "eth0", "--bpffs", d.BPFFS, "--state-dir", d.StateDir)
+	args = append(args, extra...)
 	d.cmd = exec.Command("nsenter", args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -141,8 +142,12 @@ func run(c *cli.Context) error {
 		}
 		defer metricsListener.Close()
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("tether run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN for bpffs)")
+	missing, err := missingCapabilities()
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("tether run lacks %s: it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run as root or grant them; see deploy/tether.service)", strings.Join(missing, " and "))
 	}
 
 	statePath := filepath.Join(c.String("state-dir"), "state.json")
