@@ -188,6 +188,7 @@ func (c *cluster) stopNode(name string) {
 type nodeStats struct {
 	Node           string `json:"node"`
 	Connections    int    `json:"connections"`
+	Handshakes     int    `json:"handshakes"`
 	SessionUnknown int    `json:"sessionUnknown"`
 	Open           int    `json:"open"`
 	EngineSessions int    `json:"engineSessions"`

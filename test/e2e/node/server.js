@@ -14,7 +14,7 @@ const nodeName = process.env.NODE_NAME || "node";
 const port = Number(process.env.PORT || 3000);
 const transports = (process.env.TRANSPORTS || "polling,websocket").split(",");
 
-const stats = { node: nodeName, connections: 0, sessionUnknown: 0, otherErrors: 0, echoes: 0 };
+const stats = { node: nodeName, connections: 0, handshakes: 0, sessionUnknown: 0, otherErrors: 0, echoes: 0 };
 
 const server = http.createServer((req, res) => {
   if (req.url === "/stats") {
@@ -27,6 +27,10 @@ const server = http.createServer((req, res) => {
 });
 
 const io = new Server(server, { transports, pingInterval: 25000, pingTimeout: 20000 });
+
+io.engine.on("connection", () => {
+  stats.handshakes++;
+});
 
 io.engine.on("connection_error", (err) => {
   // Engine.IO error code 1 is "Session ID unknown".
