@@ -31,18 +31,7 @@ func TestDifferential(t *testing.T) {
 	seed := uint64(envInt(t, "TETHER_DIFF_SEED", 20261125))
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 
-	ns := testenvNetnsWithVeth(t)
-	var vethIndex uint32
-	if err := ns.Do(func() error {
-		idx, err := ifindex("dpt-redir0")
-		vethIndex = idx
-		if err != nil {
-			return err
-		}
-		return errorsJoin(h.kernel.PutTxPort(idx), h.fake.PutTxPort(idx))
-	}); err != nil {
-		t.Fatal(err)
-	}
+	vethIndex := h.addRedirectPort(t)
 	gen := &generator{rng: rng, vethIndex: vethIndex}
 
 	var outcomes [loader.TetherOutcomeOUTCOME_MAX]int

@@ -402,19 +402,7 @@ func TestSwitches(t *testing.T) {
 func TestRedirect(t *testing.T) {
 	h := newHarness(t)
 	h.setupFixture()
-	ns := testenvNetnsWithVeth(t)
-	var vethIndex uint32
-	if err := ns.Do(func() error {
-		idx, err := ifindex("dpt-redir0")
-		vethIndex = idx
-		if err != nil {
-			return err
-		}
-		// The devmap resolves the ifindex in the caller's namespace.
-		return errorsJoin(h.kernel.PutTxPort(idx), h.fake.PutTxPort(idx))
-	}); err != nil {
-		t.Fatal(err)
-	}
+	vethIndex := h.addRedirectPort(t)
 	h.apply(func(m maps.Maps) error {
 		b, err := m.Backend(1)
 		b.Ifindex = vethIndex

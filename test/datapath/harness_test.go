@@ -211,13 +211,26 @@ func (h *harness) setupFixture() {
 	})
 }
 
-// testenvNetnsWithVeth makes a namespace holding the veth pair
-// dpt-redir0/dpt-redir1, a real device for the devmap to point at.
-func testenvNetnsWithVeth(t *testing.T) *testenv.Netns {
+// addRedirectPort makes a namespace holding the veth pair
+// dpt-redir0/dpt-redir1, a real device for the devmap to point at, adds it
+// as a tx port to both the kernel's maps and the model's, and returns its
+// ifindex.
+func (h *harness) addRedirectPort(t *testing.T) uint32 {
 	ns := testenv.NewNetns(t, "tether-dpt-redirect")
 	ns.MustExec(t, "ip link add dpt-redir0 type veth peer name dpt-redir1",
 		"ip link set dpt-redir0 up", "ip link set dpt-redir1 up")
-	return ns
+	var index uint32
+	if err := ns.Do(func() error {
+		var err error
+		if index, err = ifindex("dpt-redir0"); err != nil {
+			return err
+		}
+		// The devmap resolves the ifindex in the caller's namespace.
+		return errorsJoin(h.kernel.PutTxPort(index), h.fake.PutTxPort(index))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return index
 }
 
 func ifindex(name string) (uint32, error) {

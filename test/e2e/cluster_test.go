@@ -47,19 +47,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	nodeDir = filepath.Join(wd, "node")
-	dir, err := os.MkdirTemp("", "tether-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	tetherBinary, err = tetherd.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	tetherd.Main(m, &tetherBinary)
 }
 
 // requireNode skips without root and BPF, and fails when the npm packages

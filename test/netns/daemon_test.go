@@ -23,21 +23,7 @@ import (
 // tetherBinary is built once for the package's tests.
 var tetherBinary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tether-netns-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	tetherBinary, err = tetherd.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { tetherd.Main(m, &tetherBinary) }
 
 // traffic opens connections from every client address round-robin until
 // stopped, recording failures and which backend each address reached.

@@ -31,6 +31,25 @@ func Build(dir string) (string, error) {
 	return binary, nil
 }
 
+// Main builds the tether binary into a temporary directory, stores its path
+// in binary, runs the package's tests and exits with their status.
+func Main(m *testing.M, binary *string) {
+	dir, err := os.MkdirTemp("", "tether-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*binary, err = Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // Daemon is a tether daemon in the LB namespace.
 type Daemon struct {
 	t        testing.TB

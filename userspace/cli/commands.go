@@ -211,14 +211,7 @@ func vipCommand() *cli.Command {
 				Name:  "list",
 				Usage: "list VIPs",
 				Flags: []cli.Flag{outputFlag()},
-				Action: func(c *cli.Context) error {
-					if _, err := args(c); err != nil {
-						return err
-					}
-					st, err := status(c)
-					if err != nil {
-						return err
-					}
+				Action: withStatus(func(c *cli.Context, st control.Status) error {
 					return render(c, st.VIPs, func(w io.Writer) {
 						fmt.Fprintln(w, "VIP\tPROTO\tPREFIX4\tPREFIX6\tAFFINITY\tTABLE\tNO-BACKEND\tCHECK\tBACKENDS")
 						for _, v := range st.VIPs {
@@ -226,7 +219,7 @@ func vipCommand() *cli.Command {
 								v.AffinityTimeout, v.TableSize, v.NoBackend, v.Check.Kind, len(v.Backends))
 						}
 					})
-				},
+				}),
 			},
 		},
 	}
@@ -427,6 +420,21 @@ func drain(c *cli.Context) error {
 	}
 }
 
+// withStatus is the action of a command that takes no arguments and shows
+// the daemon's status.
+func withStatus(show func(*cli.Context, control.Status) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if _, err := args(c); err != nil {
+			return err
+		}
+		st, err := status(c)
+		if err != nil {
+			return err
+		}
+		return show(c, st)
+	}
+}
+
 func status(c *cli.Context) (control.Status, error) {
 	ctx, cancel := withTimeout(c)
 	defer cancel()
@@ -469,14 +477,7 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show the datapath, VIPs and backends",
 		Flags: []cli.Flag{outputFlag()},
-		Action: func(c *cli.Context) error {
-			if _, err := args(c); err != nil {
-				return err
-			}
-			st, err := status(c)
-			if err != nil {
-				return err
-			}
+		Action: withStatus(func(c *cli.Context, st control.Status) error {
 			return render(c, st, func(w io.Writer) {
 				fmt.Fprintf(w, "interface\t%s\n", st.Interface)
 				fmt.Fprintf(w, "attach mode\t%s\n", st.Mode)
@@ -494,6 +495,6 @@ func statusCommand() *cli.Command {
 				fmt.Fprintln(w)
 				backendTable(w, st.VIPs)
 			})
-		},
+		}),
 	}
 }
