@@ -11,6 +11,11 @@
  * CPUs on every packet. */
 #define AFFINITY_REFRESH_NS 1000000000ULL
 
+/* A timestamp ahead of this CPU's clock is trusted by at most this much:
+ * another CPU's coarse clock or the daemon's fine one may lead a little, a
+ * bogus stamp must not make an entry or the watchdog fresh forever. */
+#define MAX_CLOCK_SKEW_NS 1000000000ULL
+
 enum family {
 	FAMILY_IPV4 = 4,
 	FAMILY_IPV6 = 6,

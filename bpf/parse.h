@@ -37,21 +37,24 @@ struct packet {
 	__u8 fragment; /* a fragment without the L4 header: no ports */
 };
 
-static __always_inline int parse_l4(void *l4, void *data_end, __u8 proto,
-				    struct packet *pkt)
+/* ip_end is where the IP packet ends by its own length: Ethernet padding
+ * after it is no L4 header. Both bounds are checked, data_end for the
+ * verifier. */
+static __always_inline int parse_l4(void *l4, void *data_end, void *ip_end,
+				    __u8 proto, struct packet *pkt)
 {
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
-		if ((void *)(tcp + 1) > data_end)
+		if ((void *)(tcp + 1) > data_end || (void *)(tcp + 1) > ip_end)
 			return OUTCOME_DROP_MALFORMED_L4;
-		if (tcp->doff < 5 || l4 + tcp->doff * 4 > data_end)
+		if (tcp->doff < 5 || l4 + tcp->doff * 4 > ip_end)
 			return OUTCOME_DROP_MALFORMED_L4;
 		pkt->key.port = tcp->dest;
 	} else if (proto == IPPROTO_UDP) {
 		struct udphdr *udp = l4;
 
-		if ((void *)(udp + 1) > data_end)
+		if ((void *)(udp + 1) > data_end || (void *)(udp + 1) > ip_end)
 			return OUTCOME_DROP_MALFORMED_L4;
 		pkt->key.port = udp->dest;
 	} else {
@@ -85,7 +88,7 @@ static __always_inline int parse_ipv4(void *l3, void *data_end,
 		pkt->key.proto = ip->protocol;
 		return PARSE_OK;
 	}
-	return parse_l4(l3 + header_len, data_end, ip->protocol, pkt);
+	return parse_l4(l3 + header_len, data_end, l3 + total_len, ip->protocol, pkt);
 }
 
 static __always_inline int ipv6_is_skippable(__u8 nexthdr)
@@ -99,11 +102,13 @@ static __always_inline int parse_ipv6(void *l3, void *data_end,
 {
 	struct ipv6hdr *ip6 = l3;
 	void *next = (void *)(ip6 + 1);
+	void *ip_end;
 	__u8 nexthdr;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return OUTCOME_DROP_MALFORMED_IPV6;
-	if (ip6->version != 6 || next + bpf_ntohs(ip6->payload_len) > data_end)
+	ip_end = next + bpf_ntohs(ip6->payload_len);
+	if (ip6->version != 6 || ip_end > data_end)
 		return OUTCOME_DROP_MALFORMED_IPV6;
 
 	pkt->key.family = FAMILY_IPV6;
@@ -118,7 +123,7 @@ static __always_inline int parse_ipv6(void *l3, void *data_end,
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			struct ipv6_frag *frag = next;
 
-			if ((void *)(frag + 1) > data_end)
+			if ((void *)(frag + 1) > data_end || (void *)(frag + 1) > ip_end)
 				return OUTCOME_DROP_MALFORMED_IPV6_EXT;
 			nexthdr = frag->nexthdr;
 			next = (void *)(frag + 1);
@@ -130,17 +135,17 @@ static __always_inline int parse_ipv6(void *l3, void *data_end,
 		} else {
 			struct ipv6_opt_hdr *opt = next;
 
-			if ((void *)(opt + 1) > data_end)
+			if ((void *)(opt + 1) > data_end || (void *)(opt + 1) > ip_end)
 				return OUTCOME_DROP_MALFORMED_IPV6_EXT;
 			nexthdr = opt->nexthdr;
 			next += (opt->hdrlen + 1) * 8;
-			if (next > data_end)
+			if (next > ip_end)
 				return OUTCOME_DROP_MALFORMED_IPV6_EXT;
 		}
 	}
 	if (ipv6_is_skippable(nexthdr))
 		return OUTCOME_PASS_IPV6_EXT_LIMIT;
-	return parse_l4(next, data_end, nexthdr, pkt);
+	return parse_l4(next, data_end, ip_end, nexthdr, pkt);
 }
 
 static __always_inline int parse_packet(void *data, void *data_end,

@@ -136,8 +136,9 @@ static __always_inline int forward(struct xdp_md *ctx, const struct backend *be)
 
 static __always_inline int fresh(__u64 now, __u64 stamp, __u64 timeout)
 {
-	/* A stamp from another CPU may be slightly ahead of this CPU's now. */
-	return now <= stamp || now - stamp <= timeout;
+	if (now < stamp)
+		return stamp - now <= MAX_CLOCK_SKEW_NS;
+	return now - stamp <= timeout;
 }
 
 static __always_inline int balance(struct xdp_md *ctx, struct result *res)

@@ -146,6 +146,8 @@ func TestMalformed(t *testing.T) {
 		{"ipv4 total length beyond frame", edit(frame(client4, vip4), 16, 0x01), malformedIPv4},
 		{"ipv4 total length below header", edit(edit(frame(client4, vip4), 16, 0), 17, 10), malformedIPv4},
 		{"tcp data offset 4", edit(frame(client4, vip4), 14+20+12, 0x40), malformedL4},
+		{"tcp header only in padding after the ipv4 packet", edit(edit(frame(client4, vip4), 16, 0), 17, 20), malformedL4},
+		{"udp header only in padding after the ipv6 packet", edit(edit(frame(client6, vip6, func(s *packets.Spec) { s.Proto = packets.ProtoUDP }), 14+4, 0), 14+5, 0), malformedL4},
 		{"tcp data offset beyond frame", edit(frame(client4, vip4), 14+20+12, 0xf0), malformedL4},
 		{"ipv6 version 4", edit(frame(client6, vip6), 14, 0x40), malformedIPv6},
 		{"ipv6 payload length beyond frame", edit(frame(client6, vip6), 14+4, 0x10), malformedIPv6},
@@ -323,6 +325,7 @@ func TestAffinity(t *testing.T) {
 		event      loader.TetherAffinityEvent
 	}{
 		{"expired entry", 2, 1, 121 * time.Second, loader.TetherAffinityEventAFFINITY_EXPIRED},
+		{"entry stamped too far in the future", 2, 1, -10 * time.Second, loader.TetherAffinityEventAFFINITY_EXPIRED},
 		{"generation mismatch", 2, 7, time.Second, loader.TetherAffinityEventAFFINITY_STALE},
 		{"down backend", 4, 1, time.Second, loader.TetherAffinityEventAFFINITY_STALE},
 		{"backend 0", 0, 0, time.Second, loader.TetherAffinityEventAFFINITY_STALE},

@@ -71,18 +71,20 @@ type packet struct {
 
 const parseOK = -1
 
-func parseL4(frame []byte, off int, proto uint8, pkt *packet) int {
+// parseL4 reads ports at off; ipEnd is where the IP packet ends by its own
+// length (padding after it is no header).
+func parseL4(frame []byte, off, ipEnd int, proto uint8, pkt *packet) int {
 	switch proto {
 	case protoTCP:
-		if off+20 > len(frame) {
+		if off+20 > ipEnd {
 			return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_L4)
 		}
 		doff := int(frame[off+12] >> 4)
-		if doff < 5 || off+doff*4 > len(frame) {
+		if doff < 5 || off+doff*4 > ipEnd {
 			return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_L4)
 		}
 	case protoUDP:
-		if off+8 > len(frame) {
+		if off+8 > ipEnd {
 			return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_L4)
 		}
 	default:
@@ -114,7 +116,7 @@ func parseIPv4(frame []byte, off int, pkt *packet) int {
 		pkt.dst.Proto = maps.Proto(frame[off+9])
 		return parseOK
 	}
-	return parseL4(frame, off+headerLen, frame[off+9], pkt)
+	return parseL4(frame, off+headerLen, off+totalLen, frame[off+9], pkt)
 }
 
 func skippable(next uint8) bool {
@@ -126,7 +128,8 @@ func parseIPv6(frame []byte, off int, pkt *packet) int {
 		return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6)
 	}
 	next := off + 40
-	if frame[off]>>4 != 6 || next+int(binary.BigEndian.Uint16(frame[off+4:])) > len(frame) {
+	ipEnd := next + int(binary.BigEndian.Uint16(frame[off+4:]))
+	if frame[off]>>4 != 6 || ipEnd > len(frame) {
 		return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6)
 	}
 	pkt.family = uint8(loader.TetherFamilyFAMILY_IPV6)
@@ -138,7 +141,7 @@ func parseIPv6(frame []byte, off int, pkt *packet) int {
 			break
 		}
 		if nexthdr == protoFragment {
-			if next+8 > len(frame) {
+			if next+8 > ipEnd {
 				return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6EXT)
 			}
 			nexthdr = frame[next]
@@ -151,19 +154,19 @@ func parseIPv6(frame []byte, off int, pkt *packet) int {
 			}
 			continue
 		}
-		if next+2 > len(frame) {
+		if next+2 > ipEnd {
 			return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6EXT)
 		}
 		nexthdr = frame[next]
 		next += (int(frame[next+1]) + 1) * 8
-		if next > len(frame) {
+		if next > ipEnd {
 			return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6EXT)
 		}
 	}
 	if skippable(nexthdr) {
 		return int(loader.TetherOutcomeOUTCOME_PASS_IPV6EXT_LIMIT)
 	}
-	return parseL4(frame, next, nexthdr, pkt)
+	return parseL4(frame, next, ipEnd, nexthdr, pkt)
 }
 
 func parsePacket(frame []byte, pkt *packet) int {
@@ -218,8 +221,14 @@ func clientKey(pkt *packet, vip maps.VIP) maps.AffinityKey {
 	return key
 }
 
+// maxClockSkewNs is how far ahead of now a stamp is still trusted.
+const maxClockSkewNs = 1_000_000_000
+
 func fresh(now, stamp, timeout uint64) bool {
-	return now <= stamp || now-stamp <= timeout
+	if now < stamp {
+		return stamp-now <= maxClockSkewNs
+	}
+	return now-stamp <= timeout
 }
 
 func (d *Datapath) maglevBackend(vip maps.VIP, hash uint32) maps.BackendID {
