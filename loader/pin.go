@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -23,6 +22,9 @@ const (
 	progPin = "prog"
 	linkPin = "link"
 )
+
+// pinnedMaps are the maps adopted across daemon restarts and upgrades.
+var pinnedMaps = []string{TetherMapVips, TetherMapMaglev, TetherMapBackends, TetherMapAffinity, TetherMapTxPorts}
 
 // ErrLayoutChanged means pinned maps were made by a tether whose map layout
 // differs from this one's. tether never recreates them silently: that would
@@ -55,7 +57,7 @@ func EnsureBPFFS(dir string) (mounted bool, err error) {
 // program is built to match them. ok is false when nothing is pinned.
 func pinnedOptions(dir string) (opts Options, ok bool, err error) {
 	sizes := map[string]uint32{}
-	for _, name := range []string{TetherMapVips, TetherMapMaglev, TetherMapBackends, TetherMapAffinity, TetherMapTxPorts} {
+	for _, name := range pinnedMaps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			if len(sizes) == 0 {
@@ -72,7 +74,7 @@ func pinnedOptions(dir string) (opts Options, ok bool, err error) {
 	if len(sizes) == 0 {
 		return Options{}, false, nil
 	}
-	if len(sizes) != 5 {
+	if len(sizes) != len(pinnedMaps) {
 		return Options{}, false, fmt.Errorf("only some maps are pinned in %s: run tether detach to start over", dir)
 	}
 	opts = Options{
@@ -107,11 +109,13 @@ func Open(dir string, opts Options) (d *Datapath, adopted bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	for name, m := range spec.Maps {
-		// .rodata holds this program's constants and goes with it.
-		if !strings.HasPrefix(name, ".") {
-			m.Pinning = ebpf.PinByName
-		}
+	// Only maps holding state that must outlive a daemon or program are
+	// pinned and adopted. Counters and settings go with each program: the
+	// daemon rewrites the settings at start, and a counter added by a new
+	// version must not make the maps incompatible (Prometheus handles the
+	// reset). .rodata holds this program's constants.
+	for _, name := range pinnedMaps {
+		spec.Maps[name].Pinning = ebpf.PinByName
 	}
 	var objs TetherObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
@@ -125,17 +129,20 @@ func Open(dir string, opts Options) (d *Datapath, adopted bool, err error) {
 		}
 		return nil, false, fmt.Errorf("loading XDP program with maps pinned in %s: %w", dir, err)
 	}
-	d = &Datapath{Program: objs.TetherLb, Maps: objs.TetherMaps, Options: opts}
-	progPath := filepath.Join(dir, progPin)
-	if err := os.Remove(progPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		d.Close()
-		return nil, false, fmt.Errorf("replacing pinned program: %w", err)
+	return &Datapath{Program: objs.TetherLb, Maps: objs.TetherMaps, Options: opts}, adopted, nil
+}
+
+// pinProgram pins the running program in dir, replacing the previous one,
+// so bpftool and operators see which program is attached.
+func (d *Datapath) pinProgram(dir string) error {
+	path := filepath.Join(dir, progPin)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replacing pinned program: %w", err)
 	}
-	if err := d.Program.Pin(progPath); err != nil {
-		d.Close()
-		return nil, false, fmt.Errorf("pinning program: %w", err)
+	if err := d.Program.Pin(path); err != nil {
+		return fmt.Errorf("pinning program: %w", err)
 	}
-	return d, adopted, nil
+	return nil
 }
 
 // Attachment describes how the program is attached.
@@ -152,23 +159,39 @@ type Attachment struct {
 // place. The mode of an existing link is kept; asking for another mode is
 // an error that says how to change it.
 func (d *Datapath) AttachPinned(dir string, ifindex int, mode Mode) (Attachment, error) {
+	attachment, err := d.attachPinned(dir, ifindex, mode)
+	if err != nil {
+		return Attachment{}, err
+	}
+	return attachment, d.pinProgram(dir)
+}
+
+func (d *Datapath) attachPinned(dir string, ifindex int, mode Mode) (Attachment, error) {
 	path := filepath.Join(dir, linkPin)
 	l, err := link.LoadPinnedLink(path, nil)
 	if err == nil {
 		defer l.Close()
-		current, err := AttachedMode(ifindex)
-		if err != nil {
+		if live, err := attachedTo(l, ifindex); err != nil {
 			return Attachment{}, err
+		} else if live {
+			current, err := AttachedMode(ifindex)
+			if err != nil {
+				return Attachment{}, err
+			}
+			if mode != ModeAuto && mode != current {
+				return Attachment{}, fmt.Errorf("the program is attached in %s mode and %s was asked for: run tether detach first to change the mode", current, mode)
+			}
+			if err := l.Update(d.Program); err != nil {
+				return Attachment{}, fmt.Errorf("replacing the attached program: %w", err)
+			}
+			return Attachment{Mode: current, Ifindex: ifindex, Replaced: true}, nil
 		}
-		if mode != ModeAuto && mode != current {
-			return Attachment{}, fmt.Errorf("the program is attached in %s mode and %s was asked for: run tether detach first to change the mode", current, mode)
+		// The interface went away (and may be back with another index):
+		// the old link is defunct. Drop it and attach afresh; the maps stay.
+		if err := l.Unpin(); err != nil {
+			return Attachment{}, fmt.Errorf("removing defunct XDP link %s: %w", path, err)
 		}
-		if err := l.Update(d.Program); err != nil {
-			return Attachment{}, fmt.Errorf("replacing the attached program: %w", err)
-		}
-		return Attachment{Mode: current, Ifindex: ifindex, Replaced: true}, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
+	} else if !errors.Is(err, os.ErrNotExist) {
 		return Attachment{}, fmt.Errorf("opening pinned link %s: %w", path, err)
 	}
 	l, used, err := Attach(d.Program, ifindex, mode)
@@ -180,6 +203,16 @@ func (d *Datapath) AttachPinned(dir string, ifindex int, mode Mode) (Attachment,
 		return Attachment{}, fmt.Errorf("pinning XDP link: %w", err)
 	}
 	return Attachment{Mode: used, Ifindex: ifindex}, nil
+}
+
+// attachedTo reports whether a pinned XDP link still holds ifindex.
+func attachedTo(l link.Link, ifindex int) (bool, error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, fmt.Errorf("reading pinned XDP link: %w", err)
+	}
+	xdp := info.XDP()
+	return xdp != nil && int(xdp.Ifindex) == ifindex, nil
 }
 
 // AttachedMode asks the kernel how an XDP program is attached to ifindex.
