@@ -109,6 +109,13 @@ func (neighResolver) Resolve(ctx context.Context, addr netip.Addr, override net.
 func run(c *cli.Context) error {
 	started := time.Now()
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
+	// Signals are caught from the start: a SIGHUP during start-up waits
+	// for the loop below instead of killing the daemon.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	if _, err := args(c); err != nil {
 		return err
 	}
@@ -150,6 +157,11 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("tether run lacks %s: it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run as root or grant them; see deploy/tether.service)", strings.Join(missing, " and "))
 	}
 
+	release, err := control.LockStateDir(c.String("state-dir"))
+	if err != nil {
+		return err
+	}
+	defer release()
 	statePath := filepath.Join(c.String("state-dir"), "state.json")
 	state, found, err := control.LoadState(statePath)
 	if err != nil {
@@ -182,9 +194,6 @@ func run(c *cli.Context) error {
 		log.Info("adopted pinned maps: forwarding state kept", "pins", pinDir)
 	}
 	m := maps.NewKernel(&dp.Maps, maps.LimitsOf(dp.Options))
-
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 
 	var daemon *control.Daemon
 	checker := health.NewScheduler(c.Int("check-workers"), func(r health.Result) { daemon.HealthResult(r) })
@@ -247,9 +256,6 @@ func run(c *cli.Context) error {
 		observer.set(registry)
 		spawn(func() error { return serveMetrics(ctx, metricsListener, registry.Registry()) })
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	log.Info("tether running", "socket", c.String(socketFlag), "state", statePath)
 
 	var runErr error

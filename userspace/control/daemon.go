@@ -459,7 +459,10 @@ func (d *Daemon) resolve(ctx context.Context, b Backend, rt *backendRuntime) {
 	if b.MAC != "" {
 		override, _ = ParseMAC(b.MAC)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// Only the resolution's own timeout ends it: a caller that goes away
+	// (SIGTERM at start-up, a CLI timeout) must not turn a reachable
+	// backend into an unresolved one in the pinned datapath.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	hop, err := d.opts.Resolver.Resolve(ctx, b.Addr, override)
 	if err != nil {
