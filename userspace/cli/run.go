@@ -211,12 +211,7 @@ func run(c *cli.Context) error {
 	if err := daemon.Start(ctx); err != nil {
 		return fmt.Errorf("writing the desired state into the datapath: %w", err)
 	}
-	settings, err := m.Settings()
-	if err != nil {
-		return err
-	}
-	settings.WatchdogTimeout = c.Duration("watchdog-timeout")
-	if err := m.PutSettings(settings); err != nil {
+	if err := daemon.SetWatchdogTimeout(c.Duration("watchdog-timeout")); err != nil {
 		return err
 	}
 	attachment, err := dp.AttachPinned(pinDir, iface.Index, mode)
@@ -250,6 +245,7 @@ func run(c *cli.Context) error {
 	spawn(func() error { return server.Serve(ctx, ln) })
 	spawn(func() error { checker.Run(ctx); return nil })
 	spawn(func() error { daemon.Maintain(ctx, time.Second); return nil })
+	spawn(func() error { daemon.Heartbeat(ctx, time.Second); return nil })
 	spawn(func() error { return watchNeighbours(ctx, daemon, log) })
 	if metricsListener != nil {
 		registry := metrics.New(m, daemon, log, dp.Options.AffinityCapacity, started)
@@ -291,7 +287,7 @@ func watchNeighbours(ctx context.Context, daemon *control.Daemon, log *slog.Logg
 	for ctx.Err() == nil {
 		err := neigh.Watch(ctx, func(ch neigh.Change) {
 			if ch.MAC != nil {
-				daemon.NeighbourChanged(ctx, ch.Addr, ch.MAC)
+				daemon.NeighbourChanged(ch.Addr, ch.Ifindex, ch.MAC)
 			}
 		})
 		if err != nil && ctx.Err() == nil {

@@ -82,6 +82,9 @@ type backendRuntime struct {
 	generation  uint32
 	datapath    maps.BackendState
 	failingOpen bool // down, but forwarded to because all are down
+	// recheckAt is when the next hop is looked up again, away from the
+	// lock: at once after a neighbour event, periodically otherwise.
+	recheckAt time.Time
 }
 
 // vipRuntime is what the daemon installed for a VIP.
@@ -124,7 +127,17 @@ type Daemon struct {
 	vips     map[uint32]*vipRuntime
 	txPorts  map[uint32]bool
 	info     DatapathInfo
+	// dirty VIPs failed to install after a health or next-hop change;
+	// Maintain tries them again.
+	dirty map[uint32]bool
+	// settingsMu serialises read-modify-writes of the settings map, which
+	// the heartbeat does without holding mu.
+	settingsMu sync.Mutex
 }
+
+// recheckEvery is how often a backend's next hop is looked up again when
+// nothing told the daemon it changed.
+const recheckEvery = 30 * time.Second
 
 // New returns a daemon that adopts the datapath's current contents for
 // state: backends keep their ids and generations, so clients keep their
@@ -143,6 +156,7 @@ func New(opts Options, state State) (*Daemon, error) {
 		backends: map[maps.BackendID]*backendRuntime{},
 		vips:     map[uint32]*vipRuntime{},
 		txPorts:  map[uint32]bool{},
+		dirty:    map[uint32]bool{},
 	}
 	if d.state.Seed == 0 {
 		d.state.Seed = DefaultSeed
@@ -174,18 +188,54 @@ func New(opts Options, state State) (*Daemon, error) {
 			d.vips[v.ID] = &vipRuntime{info: info}
 		}
 		for _, b := range v.Backends {
-			rt := &backendRuntime{health: health.Up}
-			if entry, err := opts.Maps.Backend(b.ID); err == nil {
-				rt.generation = entry.Generation
-				rt.datapath = entry.State
-				if entry.State == maps.BackendDown && entry.MAC != nil && entry.Addr == b.Addr {
-					rt.health = health.Down
-				}
-			}
-			d.backends[b.ID] = rt
+			d.backends[b.ID] = d.adoptBackend(b)
 		}
 	}
 	return d, nil
+}
+
+// adoptBackend takes over a backend the datapath already serves: its
+// generation (so its clients' affinity entries stay valid), its state and
+// its next hop (so a restart needs no neighbour resolution before
+// forwarding goes on; the next hop is checked again in the background). An
+// entry for another address means the id changed hands: its generation is
+// bumped so no old entry matches.
+func (d *Daemon) adoptBackend(b Backend) *backendRuntime {
+	rt := &backendRuntime{health: health.Up}
+	entry, err := d.opts.Maps.Backend(b.ID)
+	if err != nil {
+		return rt
+	}
+	if entry.Addr != b.Addr {
+		rt.generation = entry.Generation + 1
+		return rt
+	}
+	rt.generation, rt.datapath = entry.Generation, entry.State
+	if entry.State == maps.BackendDown {
+		rt.health = health.Down
+	}
+	if isUnicastMAC(entry.MAC) {
+		ifindex := int(entry.Ifindex)
+		if ifindex == 0 {
+			ifindex = d.opts.IngressIfindex
+		}
+		rt.addr, rt.mac = b.Addr, b.MAC
+		rt.nextHop = NextHop{Ifindex: ifindex, SourceMAC: entry.SourceMAC, MAC: entry.MAC}
+		rt.recheckAt = time.Now()
+	}
+	return rt
+}
+
+func isUnicastMAC(mac net.HardwareAddr) bool {
+	if len(mac) != 6 || mac[0]&1 == 1 {
+		return false
+	}
+	for _, b := range mac {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *Daemon) checkIDs(s State) error {
@@ -265,19 +315,107 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.removeStrays(); err != nil {
 		return fmt.Errorf("removing entries the state does not know: %w", err)
 	}
+	if err := d.removeMismatchedVIPs(); err != nil {
+		return fmt.Errorf("removing VIP entries whose ids changed: %w", err)
+	}
 	if err := d.apply(ctx, d.state); err != nil {
 		return err
 	}
-	settings, err := d.opts.Maps.Settings()
-	if err != nil {
-		return err
-	}
-	settings.Active = true
-	settings.Watchdog = monotonicNow()
-	if err := d.opts.Maps.PutSettings(settings); err != nil {
+	if err := d.updateSettings(func(s *maps.Settings) {
+		s.Active = true
+		s.Watchdog = monotonicNow()
+	}); err != nil {
 		return err
 	}
 	return d.save()
+}
+
+// updateSettings changes the settings map in one read-modify-write.
+func (d *Daemon) updateSettings(change func(*maps.Settings)) error {
+	d.settingsMu.Lock()
+	defer d.settingsMu.Unlock()
+	settings, err := d.opts.Maps.Settings()
+	if err != nil {
+		return fmt.Errorf("reading datapath settings: %w", err)
+	}
+	change(&settings)
+	if err := d.opts.Maps.PutSettings(settings); err != nil {
+		return fmt.Errorf("writing datapath settings: %w", err)
+	}
+	return nil
+}
+
+// SetWatchdogTimeout makes the datapath pass everything to the stack when
+// the heartbeat is older than timeout; 0 turns the watchdog off.
+func (d *Daemon) SetWatchdogTimeout(timeout time.Duration) error {
+	return d.updateSettings(func(s *maps.Settings) {
+		s.WatchdogTimeout = timeout
+		s.Watchdog = monotonicNow()
+	})
+}
+
+// Heartbeat refreshes the watchdog timestamp every interval until ctx
+// ends. It never waits for the daemon's main lock, so a slow change or
+// resolution cannot make the watchdog fire.
+func (d *Daemon) Heartbeat(ctx context.Context, every time.Duration) {
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		if err := d.updateSettings(func(s *maps.Settings) { s.Watchdog = monotonicNow() }); err != nil {
+			d.log.Error("writing watchdog heartbeat", "error", err)
+		}
+	}
+}
+
+// removeMismatchedVIPs deletes pinned VIP entries whose id differs from the
+// state's (a state file rebuilt or restored assigns ids anew) and forgets
+// the affinity entries of every id involved: no client of one VIP may be
+// sent by another VIP's entries, and no new table may land in a slot that
+// another live entry reads.
+func (d *Daemon) removeMismatchedVIPs() error {
+	wantID := map[maps.VIPKey]uint32{}
+	for _, v := range d.state.VIPs {
+		wantID[v.key()] = v.ID
+	}
+	current, err := d.opts.Maps.VIPs()
+	if err != nil {
+		return err
+	}
+	voided := map[uint32]bool{}
+	for key, info := range current {
+		want, known := wantID[key]
+		if key.Port == 0 || !known || want == info.ID {
+			continue
+		}
+		d.log.Warn("VIP id changed since the datapath was filled: starting it afresh", "vip", key.String(), "old_id", info.ID, "id", want)
+		if err := d.opts.Maps.DeleteVIP(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+			return err
+		}
+		voided[info.ID], voided[want] = true, true
+		delete(d.vips, want)
+	}
+	if len(voided) == 0 {
+		return nil
+	}
+	var stale []maps.AffinityKey
+	if err := d.opts.Maps.ForEachAffinity(func(key maps.AffinityKey, _ maps.Affinity) {
+		if voided[key.VIPID] {
+			stale = append(stale, key)
+		}
+	}); err != nil {
+		return err
+	}
+	for _, key := range stale {
+		if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
 }
 
 func monotonicNow() uint64 {
@@ -356,6 +494,10 @@ func (d *Daemon) apply(ctx context.Context, s State) error {
 			d.syncBackendRuntime(ctx, v, b)
 		}
 	}
+	// The datapath hashes with the seed the tables are built with.
+	if err := d.syncSeed(s.Seed); err != nil {
+		return err
+	}
 	for _, v := range s.VIPs {
 		if err := d.installVIP(v, s.Seed); err != nil {
 			return err
@@ -390,27 +532,13 @@ func (d *Daemon) apply(ctx context.Context, s State) error {
 	if err := d.syncAliases(s); err != nil {
 		return err
 	}
-	if err := d.syncTxPorts(); err != nil {
-		return err
-	}
-	return d.syncSeed(s.Seed)
+	return d.syncTxPorts()
 }
 
 // syncSeed makes the datapath hash clients with the seed the tables were
 // built with.
 func (d *Daemon) syncSeed(seed uint32) error {
-	settings, err := d.opts.Maps.Settings()
-	if err != nil {
-		return fmt.Errorf("reading datapath settings: %w", err)
-	}
-	if settings.Seed == seed {
-		return nil
-	}
-	settings.Seed = seed
-	if err := d.opts.Maps.PutSettings(settings); err != nil {
-		return fmt.Errorf("writing the hash seed: %w", err)
-	}
-	return nil
+	return d.updateSettings(func(s *maps.Settings) { s.Seed = seed })
 }
 
 func containsVIP(s State, ref VIPRef) bool {
@@ -429,6 +557,10 @@ func backendCheckID(id maps.BackendID) string { return fmt.Sprintf("backend-%d",
 func (d *Daemon) syncBackendRuntime(ctx context.Context, v VIP, b Backend) {
 	rt := d.backends[b.ID]
 	if rt == nil {
+		// A new backend is in service at once; fall failed checks take
+		// it out. Starting it down would make a VIP whose backends are all
+		// new fail open and then, as the first check passes, void the
+		// affinity of clients already sent to the others.
 		rt = &backendRuntime{health: health.Up}
 		if entry, err := d.opts.Maps.Backend(b.ID); err == nil {
 			rt.generation = entry.Generation + 1
@@ -438,6 +570,9 @@ func (d *Daemon) syncBackendRuntime(ctx context.Context, v VIP, b Backend) {
 	if rt.addr != b.Addr || rt.mac != b.MAC || rt.nextHop.MAC == nil {
 		rt.addr, rt.mac = b.Addr, b.MAC
 		d.resolve(ctx, b, rt)
+		if rt.resolveErr != nil {
+			d.log.Warn("backend next hop not resolved; keeping it out of service", "backend", b.Name, "addr", b.Addr, "error", rt.resolveErr)
+		}
 	}
 	check, target := v.checkFor(b)
 	rt.checked = d.opts.Checker != nil && check.Kind != health.KindNone
@@ -465,9 +600,9 @@ func (d *Daemon) resolve(ctx context.Context, b Backend, rt *backendRuntime) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	hop, err := d.opts.Resolver.Resolve(ctx, b.Addr, override)
+	rt.recheckAt = time.Now().Add(recheckEvery)
 	if err != nil {
 		rt.nextHop, rt.resolveErr = NextHop{}, err
-		d.log.Warn("backend next hop not resolved; keeping it out of service", "backend", b.Name, "addr", b.Addr, "error", err)
 		return
 	}
 	rt.nextHop, rt.resolveErr = hop, nil
@@ -500,7 +635,13 @@ func (d *Daemon) installVIP(v VIP, seed uint32) error {
 			allDown = false
 		}
 	}
+	// Usable backends are written first (with the devmap port they need),
+	// so the new table never points at an unwritten entry; backends going
+	// down are written after the swap, so the old table never points at a
+	// down entry either.
 	var set []maglev.Backend
+	var goingDown []maps.BackendID
+	entries := map[maps.BackendID]maps.Backend{}
 	failingOpen := false
 	for _, b := range v.Backends {
 		rt := d.backends[b.ID]
@@ -521,12 +662,30 @@ func (d *Daemon) installVIP(v VIP, seed uint32) error {
 		if rt.nextHop.Ifindex != d.opts.IngressIfindex {
 			entry.Ifindex = uint32(rt.nextHop.Ifindex)
 		}
+		entries[b.ID] = entry
+		if state == maps.BackendDown {
+			goingDown = append(goingDown, b.ID)
+			continue
+		}
+		if entry.Ifindex != 0 {
+			if err := d.addTxPort(entry.Ifindex); err != nil {
+				return err
+			}
+		}
 		if err := d.opts.Maps.PutBackend(b.ID, entry); err != nil {
 			return err
 		}
 		if state == maps.BackendUp && b.Weight > 0 {
 			set = append(set, maglev.Backend{Name: b.Name, ID: uint32(b.ID), Weight: b.Weight})
 		}
+	}
+	writeDown := func() error {
+		for _, id := range goingDown {
+			if err := d.opts.Maps.PutBackend(id, entries[id]); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	built, err := maglev.Build(set, v.TableSize, seed)
 	if err != nil {
@@ -559,7 +718,7 @@ func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	rt.failingOpen = failingOpen
 	info.TableSlot = rt.info.TableSlot
 	if rt.table != nil && slices.Equal(rt.table, table) && rt.info == info {
-		return nil
+		return writeDown()
 	}
 	key := v.key()
 	if _, err := d.opts.Maps.VIP(key); err == nil {
@@ -587,7 +746,7 @@ func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	rt.info, rt.table = info, table
 	rt.tableVersion++
 	d.opts.Observer.TableBuilt(v.VIPRef.String(), time.Since(started))
-	return nil
+	return writeDown()
 }
 
 // removeVIP deletes a VIP from the datapath and forgets its clients.
@@ -658,6 +817,18 @@ func (d *Daemon) syncAliases(s State) error {
 	return nil
 }
 
+// addTxPort lets the datapath redirect out of ifindex.
+func (d *Daemon) addTxPort(ifindex uint32) error {
+	if d.txPorts[ifindex] {
+		return nil
+	}
+	if err := d.opts.Maps.PutTxPort(ifindex); err != nil {
+		return err
+	}
+	d.txPorts[ifindex] = true
+	return nil
+}
+
 // syncTxPorts lets the datapath redirect to every egress interface a
 // backend needs other than the ingress one.
 func (d *Daemon) syncTxPorts() error {
@@ -668,11 +839,8 @@ func (d *Daemon) syncTxPorts() error {
 		}
 	}
 	for ifindex := range wanted {
-		if !d.txPorts[ifindex] {
-			if err := d.opts.Maps.PutTxPort(ifindex); err != nil {
-				return err
-			}
-			d.txPorts[ifindex] = true
+		if err := d.addTxPort(ifindex); err != nil {
+			return err
 		}
 	}
 	for ifindex := range d.txPorts {
@@ -704,35 +872,44 @@ func (d *Daemon) HealthResult(r health.Result) {
 			rt.health, rt.healthNote = r.State, r.Reason
 			d.log.Info("backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", r.State.String(), "reason", r.Reason)
 			if err := d.installVIP(v, d.state.Seed); err != nil {
-				d.log.Error("applying health change", "vip", v.VIPRef.String(), "backend", b.Name, "error", err)
+				d.dirty[v.ID] = true
+				d.log.Error("applying health change; will retry", "vip", v.VIPRef.String(), "backend", b.Name, "error", err)
 			}
 			return
 		}
 	}
 }
 
-// NeighbourChanged updates backends at addr when the kernel learns a new
-// MAC for it.
-func (d *Daemon) NeighbourChanged(ctx context.Context, addr netip.Addr, mac net.HardwareAddr) {
+// NeighbourChanged hears that the kernel learnt a new MAC for addr, on
+// ifindex. Backends at addr whose next hop differs are looked up again by
+// Maintain, outside the lock.
+func (d *Daemon) NeighbourChanged(addr netip.Addr, ifindex int, mac net.HardwareAddr) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, v := range d.state.VIPs {
 		for _, b := range v.Backends {
 			rt := d.backends[b.ID]
-			if b.Addr != addr || b.MAC != "" || rt.nextHop.MAC.String() == mac.String() {
+			if b.Addr != addr || b.MAC != "" || (rt.nextHop.MAC.String() == mac.String() && rt.nextHop.Ifindex == ifindex) {
 				continue
 			}
-			d.log.Info("backend MAC changed", "backend", b.Name, "addr", addr, "old", rt.nextHop.MAC.String(), "new", mac.String())
-			d.resolve(ctx, b, rt)
-			if err := d.installVIP(v, d.state.Seed); err != nil {
-				d.log.Error("applying MAC change", "backend", b.Name, "error", err)
-			}
+			d.log.Info("backend next hop changed", "backend", b.Name, "addr", addr, "old", rt.nextHop.MAC.String(), "new", mac.String())
+			rt.recheckAt = time.Time{}
 		}
 	}
 }
 
-// Maintain runs the periodic work until ctx ends: the watchdog heartbeat
-// and retrying backends whose next hop is not resolved.
+// recheck is a backend whose next hop Maintain looks up.
+type recheck struct {
+	vip     VIPRef
+	backend Backend
+	hop     NextHop
+	err     error
+}
+
+// Maintain runs the periodic work until ctx ends: looking up next hops
+// that are unresolved, reported changed or due, without holding the lock
+// while the kernel answers, then installing what changed; and retrying
+// VIPs whose last install failed.
 func (d *Daemon) Maintain(ctx context.Context, every time.Duration) {
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
@@ -742,28 +919,71 @@ func (d *Daemon) Maintain(ctx context.Context, every time.Duration) {
 			return
 		case <-ticker.C:
 		}
-		d.mu.Lock()
-		if settings, err := d.opts.Maps.Settings(); err == nil {
-			settings.Watchdog = monotonicNow()
-			if err := d.opts.Maps.PutSettings(settings); err != nil {
-				d.log.Error("writing watchdog heartbeat", "error", err)
+		d.maintainOnce(ctx)
+	}
+}
+
+func (d *Daemon) maintainOnce(ctx context.Context) {
+	due := d.dueRechecks()
+	for i := range due {
+		var rt backendRuntime
+		d.resolve(ctx, due[i].backend, &rt)
+		due[i].hop, due[i].err = rt.nextHop, rt.resolveErr
+	}
+	d.applyRechecks(due)
+}
+
+func (d *Daemon) dueRechecks() []recheck {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	var due []recheck
+	for _, v := range d.state.VIPs {
+		for _, b := range v.Backends {
+			if rt := d.backends[b.ID]; rt.resolveErr != nil || !now.Before(rt.recheckAt) {
+				due = append(due, recheck{vip: v.VIPRef, backend: b})
 			}
 		}
-		for _, v := range d.state.VIPs {
-			retried := false
-			for _, b := range v.Backends {
-				if rt := d.backends[b.ID]; rt.resolveErr != nil {
-					d.resolve(ctx, b, rt)
-					retried = true
-				}
-			}
-			if retried {
-				if err := d.installVIP(v, d.state.Seed); err != nil {
-					d.log.Error("applying resolved backends", "vip", v.VIPRef.String(), "error", err)
-				}
-			}
+	}
+	return due
+}
+
+func (d *Daemon) applyRechecks(due []recheck) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range due {
+		v, err := findVIP(&d.state, r.vip)
+		if err != nil {
+			continue
 		}
-		_ = d.syncTxPorts()
-		d.mu.Unlock()
+		b, err := findBackend(v, r.backend.Name)
+		if err != nil || b.ID != r.backend.ID || b.Addr != r.backend.Addr || b.MAC != r.backend.MAC {
+			continue // changed meanwhile; the change resolved it
+		}
+		rt := d.backends[b.ID]
+		rt.recheckAt = time.Now().Add(recheckEvery)
+		same := (r.err == nil) == (rt.resolveErr == nil) && rt.nextHop.Ifindex == r.hop.Ifindex &&
+			rt.nextHop.MAC.String() == r.hop.MAC.String() && rt.nextHop.SourceMAC.String() == r.hop.SourceMAC.String()
+		if same {
+			continue
+		}
+		rt.nextHop, rt.resolveErr = r.hop, r.err
+		if r.err != nil {
+			d.log.Warn("backend next hop not resolved; keeping it out of service", "backend", b.Name, "addr", b.Addr, "error", r.err)
+		}
+		d.dirty[v.ID] = true
+	}
+	for _, v := range d.state.VIPs {
+		if !d.dirty[v.ID] {
+			continue
+		}
+		if err := d.installVIP(v, d.state.Seed); err != nil {
+			d.log.Error("installing VIP; will retry", "vip", v.VIPRef.String(), "error", err)
+			continue
+		}
+		delete(d.dirty, v.ID)
+	}
+	if err := d.syncTxPorts(); err != nil {
+		d.log.Error("updating tx ports", "error", err)
 	}
 }

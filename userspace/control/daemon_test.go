@@ -566,10 +566,6 @@ func TestUnresolvedBackendIsOutUntilResolved(t *testing.T) {
 		t.Errorf("status of the unresolved backend: problem %q, state %q", st.Problem, st.State)
 	}
 
-	settings, err := tb.maps.Settings()
-	if err != nil {
-		t.Fatal(err)
-	}
 	tb.resolver.setFailing(unresolvable, false)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
@@ -593,8 +589,34 @@ func TestUnresolvedBackendIsOutUntilResolved(t *testing.T) {
 	if problems := tb.daemon.Problems(webVIP, ""); len(problems) != 0 {
 		t.Errorf("Problems after resolution = %q, want none", problems)
 	}
-	if after, err := tb.maps.Settings(); err != nil || after.Watchdog <= settings.Watchdog {
-		t.Errorf("watchdog heartbeat %d, want it refreshed past %d (%v)", after.Watchdog, settings.Watchdog, err)
+}
+
+func TestHeartbeatRefreshesTheWatchdog(t *testing.T) {
+	tb := newWebBed(t, nil)
+	if err := tb.daemon.SetWatchdogTimeout(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	settings, err := tb.maps.Settings()
+	if err != nil || settings.WatchdogTimeout != 5*time.Second {
+		t.Fatalf("settings %+v (%v), want a 5s watchdog", settings, err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tb.daemon.Heartbeat(ctx, time.Millisecond)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if after, _ := tb.maps.Settings(); after.Watchdog > settings.Watchdog {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if after, err := tb.maps.Settings(); err != nil || after.Watchdog <= settings.Watchdog || after.WatchdogTimeout != 5*time.Second {
+		t.Errorf("settings after heartbeats %+v (%v), want the watchdog refreshed past %d and the timeout kept", after, err, settings.Watchdog)
 	}
 }
 
@@ -612,7 +634,8 @@ func TestNeighbourChangedRewritesTheMAC(t *testing.T) {
 
 	moved := net.HardwareAddr{0x02, 0xbb, 0, 0, 0, 0x02}
 	tb.resolver.setMAC(netip.MustParseAddr("10.0.0.2"), moved)
-	tb.daemon.NeighbourChanged(t.Context(), netip.MustParseAddr("10.0.0.2"), moved)
+	tb.daemon.NeighbourChanged(netip.MustParseAddr("10.0.0.2"), int(tb.backend(2).Ifindex), moved)
+	tb.daemon.maintainOnce(t.Context())
 	after := tb.backend(2)
 	if after.MAC.String() != moved.String() || after.Generation != before.Generation || after.State != maps.BackendUp {
 		t.Errorf("entry after the MAC change is %+v, want MAC %s, generation %d, up", after, moved, before.Generation)
@@ -625,7 +648,8 @@ func TestNeighbourChangedRewritesTheMAC(t *testing.T) {
 	}
 
 	tb.resolver.setMAC(netip.MustParseAddr("10.0.0.4"), moved)
-	tb.daemon.NeighbourChanged(t.Context(), netip.MustParseAddr("10.0.0.4"), moved)
+	tb.daemon.NeighbourChanged(netip.MustParseAddr("10.0.0.4"), 0, moved)
+	tb.daemon.maintainOnce(t.Context())
 	if entry := tb.backend(4); entry.MAC.String() != override {
 		t.Errorf("neighbour change replaced the operator's MAC %s with %s", override, entry.MAC)
 	}
