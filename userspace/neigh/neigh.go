@@ -207,6 +207,12 @@ func egress(addr netip.Addr) (Target, error) {
 		return Target{}, fmt.Errorf("egress interface %s of backend %s has no Ethernet address (it has %q), but L2 direct server return rewrites Ethernet headers",
 			target.IfName, addr, target.SourceMAC)
 	}
+	if kind := link.Type(); kind == "vlan" || kind == "macvlan" || kind == "ipvlan" {
+		// The datapath sends frames with XDP_TX or a devmap redirect, and
+		// these devices take neither: frames would vanish while counted as
+		// forwarded.
+		return Target{}, fmt.Errorf("backend %s is reached through %s, a %s device, which XDP cannot transmit on: put the backend on an interface without VLAN or macvlan stacking", addr, target.IfName, kind)
+	}
 	return target, nil
 }
 
