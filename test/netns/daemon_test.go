@@ -235,3 +235,50 @@ func TestDetachLeavesNothing(t *testing.T) {
 		t.Fatalf("pins left after detach: %v", entries)
 	}
 }
+
+// TestInterfaceRecreated deletes the LB's interface under a running daemon
+// and creates it again: the daemon attaches to the new interface and
+// forwarding resumes, with the same client on the same backend.
+func TestInterfaceRecreated(t *testing.T) {
+	n, d := newDaemonNetwork(t, "dirc", 2)
+	d.Start()
+	vip := topology.VIP4.String() + ":8080"
+	d.Must("vip", "add", vip)
+	for i, b := range n.Backends {
+		d.Must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
+	}
+	before := map[netip.Addr]string{}
+	for _, src := range n.ClientAddrs4 {
+		name, err := ask(n.Client, src, topology.VIP4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[src] = name
+	}
+	first, err := d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	n.RecreateLBLink(t, "dirc")
+	waitFor(t, "the daemon to attach to the new interface", 10*time.Second, func() bool {
+		var out bytes.Buffer
+		cmd := exec.Command("ip", "-n", n.LB.Name, "link", "show", "eth0")
+		cmd.Stdout = &out
+		return cmd.Run() == nil && strings.Contains(out.String(), "xdp")
+	})
+	for _, src := range n.ClientAddrs4 {
+		var name string
+		waitFor(t, "forwarding through the new interface", 10*time.Second, func() bool {
+			name, err = ask(n.Client, src, topology.VIP4)
+			return err == nil
+		})
+		if name != before[src] {
+			t.Fatalf("%s moved from %s to %s when the interface was re-created", src, before[src], name)
+		}
+	}
+	if second, err := d.Status(); err != nil || second.ProgramID != first.ProgramID {
+		t.Fatalf("status after re-creation: %+v, %v", second, err)
+	}
+	t.Logf("interface re-created; %d clients kept their backends", len(before))
+}

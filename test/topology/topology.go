@@ -106,19 +106,8 @@ func (n *Network) node(t testing.TB, prefix, name string, host int) *Node {
 		Addr4: netip.AddrFrom4([4]byte{198, 18, 0, byte(host)}),
 		Addr6: netip.MustParseAddr(fmt.Sprintf("2001:db8::%d", host)),
 	}
-	port := prefix + "-" + name
-	tmp := port + "x"
-	if err := testenv.Run("ip", "link", "add", port, "netns", n.Switch.Name, "type", "veth",
-		"peer", "name", tmp, "netns", node.Name); err != nil {
-		t.Fatal(err)
-	}
-	n.Switch.MustExec(t, "ip link set "+port+" master br0", "ip link set "+port+" up")
-	node.MustExec(t,
-		"ip link set "+tmp+" name eth0",
-		"ip link set lo up",
-		"ip addr add "+node.Addr4.String()+"/24 dev eth0",
-		"ip -6 addr add "+node.Addr6.String()+"/64 dev eth0 nodad",
-		"ip link set eth0 up")
+	node.MustExec(t, "ip link set lo up")
+	n.connect(t, node, prefix+"-"+name)
 	if err := node.Do(func() error {
 		iface, err := net.InterfaceByName("eth0")
 		if err != nil {
@@ -130,6 +119,41 @@ func (n *Network) node(t testing.TB, prefix, name string, host int) *Node {
 		t.Fatal(err)
 	}
 	return node
+}
+
+// connect links the node's eth0 to the switch through port.
+func (n *Network) connect(t testing.TB, node *Node, port string) {
+	t.Helper()
+	tmp := port + "x"
+	if err := testenv.Run("ip", "link", "add", port, "netns", n.Switch.Name, "type", "veth",
+		"peer", "name", tmp, "netns", node.Name); err != nil {
+		t.Fatal(err)
+	}
+	n.Switch.MustExec(t, "ip link set "+port+" master br0", "ip link set "+port+" up")
+	node.MustExec(t,
+		"ip link set "+tmp+" name eth0",
+		"ip addr add "+node.Addr4.String()+"/24 dev eth0",
+		"ip -6 addr add "+node.Addr6.String()+"/64 dev eth0 nodad",
+		"ip link set eth0 up")
+}
+
+// RecreateLBLink deletes the load balancer's eth0, as an operator or a
+// driver reload would, and creates it again with a new index.
+func (n *Network) RecreateLBLink(t testing.TB, prefix string) {
+	t.Helper()
+	n.LB.MustExec(t, "ip link del eth0")
+	n.connect(t, n.LB, prefix+"-lb")
+	if err := n.LB.Do(func() error {
+		iface, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		n.LB.MAC = iface.HardwareAddr
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	n.attachPass(t, prefix+"-lb")
 }
 
 // Ifindex returns the index of the node's eth0 inside its namespace.

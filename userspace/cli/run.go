@@ -22,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/tether-lb/tether/loader"
 	"github.com/tether-lb/tether/maps"
@@ -247,6 +249,15 @@ func run(c *cli.Context) error {
 	spawn(func() error { daemon.Maintain(ctx, time.Second); return nil })
 	spawn(func() error { daemon.Heartbeat(ctx, time.Second); return nil })
 	spawn(func() error { return watchNeighbours(ctx, daemon, log) })
+	spawn(func() error {
+		return watchInterface(ctx, ifaceName, iface.Index, func(ifindex int) error {
+			attachment, err := dp.AttachPinned(pinDir, ifindex, mode)
+			if err == nil {
+				daemon.SetDatapathInfo(control.DatapathInfo{Interface: ifaceName, Mode: attachment.Mode.String(), ProgramID: uint32(progID), PinDir: pinDir})
+			}
+			return err
+		}, daemon, log)
+	})
 	if metricsListener != nil {
 		registry := metrics.New(m, daemon, log, dp.Options.AffinityCapacity, started)
 		observer.set(registry)
@@ -279,6 +290,70 @@ loop:
 	wg.Wait()
 	log.Info("tether stopped; the XDP program keeps forwarding (tether detach removes it)")
 	return runErr
+}
+
+// watchInterface follows the interface the program runs on. Down and up
+// keep the attachment; deleted and created again gives a new index and a
+// defunct link, so the program is attached afresh (the maps, and with them
+// every client's affinity, stay) and the daemon told.
+func watchInterface(ctx context.Context, name string, ifindex int, attach func(int) error, daemon *control.Daemon, log *slog.Logger) error {
+	for ctx.Err() == nil {
+		updates := make(chan netlink.LinkUpdate, 16)
+		failed := make(chan error, 1)
+		done := make(chan struct{})
+		err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+			ErrorCallback: func(err error) {
+				select {
+				case failed <- err:
+				default:
+				}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("subscribing to link changes: %w", err)
+		}
+		// A re-creation missed while not subscribed is caught here.
+		if link, err := netlink.LinkByName(name); err == nil && link.Attrs().Index != ifindex {
+			updates <- netlink.LinkUpdate{Link: link, Header: unix.NlMsghdr{Type: unix.RTM_NEWLINK}}
+		}
+	watch:
+		for {
+			select {
+			case <-ctx.Done():
+				close(done)
+				return nil
+			case err := <-failed:
+				log.Warn("link subscription failed; subscribing again", "error", err)
+				close(done)
+				break watch
+			case u, ok := <-updates:
+				if !ok {
+					close(done)
+					break watch
+				}
+				if u.Attrs().Name != name {
+					continue
+				}
+				switch {
+				case u.Header.Type == unix.RTM_DELLINK:
+					log.Error("the interface was deleted: nothing is forwarded until it is back", "iface", name)
+				case u.Attrs().Index != ifindex:
+					if err := attach(u.Attrs().Index); err != nil {
+						log.Error("attaching to the re-created interface", "iface", name, "error", err)
+						continue
+					}
+					ifindex = u.Attrs().Index
+					daemon.InterfaceChanged(ifindex)
+					log.Info("the interface was created again: attached to it", "iface", name, "ifindex", ifindex)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
 }
 
 // watchNeighbours follows the neighbour table, re-subscribing if the

@@ -880,6 +880,21 @@ func (d *Daemon) HealthResult(r health.Result) {
 	}
 }
 
+// InterfaceChanged records that the interface the program runs on now has
+// index ifindex (it was deleted and created again): next hops are looked up
+// again and every VIP reinstalled, since XDP_TX or redirect depends on it.
+func (d *Daemon) InterfaceChanged(ifindex int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.opts.IngressIfindex = ifindex
+	for _, rt := range d.backends {
+		rt.recheckAt = time.Time{}
+	}
+	for _, v := range d.state.VIPs {
+		d.dirty[v.ID] = true
+	}
+}
+
 // NeighbourChanged hears that the kernel learnt a new MAC for addr, on
 // ifindex. Backends at addr whose next hop differs are looked up again by
 // Maintain, outside the lock.
