@@ -8,7 +8,7 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool tcpdump
 NODE_DIR := test/e2e/node
 NODE_MODULES := $(NODE_DIR)/node_modules/.package-lock.json
 
-.PHONY: help deps node-deps generate check-generated build test demo lint
+.PHONY: help deps node-deps generate check-generated build test fuzz demo lint bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,8 +38,26 @@ test: deps node-deps ## run every test (as root: BPF, netns and end-to-end tests
 	$(GO) vet ./...
 	$(TEST_ENV) $(GO) test -count=1 -timeout 20m ./...
 
+FUZZTIME ?= 20s
+FUZZ_TARGETS := test/datapath:FuzzDatapath userspace/control:FuzzParseConfig userspace/control:FuzzAPIRequests userspace/control:FuzzParsers
+
+fuzz: ## run each fuzz target for FUZZTIME (default 20s); FuzzDatapath needs root
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		pkg=$${target%%:*}; name=$${target##*:}; \
+		echo "fuzzing $$name in ./$$pkg for $(FUZZTIME)"; \
+		$(TEST_ENV) $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./$$pkg; \
+	done
+
 demo: deps node-deps build ## three Socket.IO nodes behind tether in namespaces, live, then torn down (root)
 	test/demo/demo.sh
+
+bench: deps build ## measure tether against floors, nginx and no balancer; writes bench-results.md (root; QUICK=1 for a fast look)
+	@missing=""; for p in wrk nginx libnginx-mod-stream; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(GO) run ./test/bench/cmd/tether-bench -tether bin/tether -out bench-results.md $(if $(QUICK),-quick,)
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...

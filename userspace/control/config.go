@@ -88,7 +88,7 @@ func (c ConfigCheck) check() (health.Check, error) {
 		return health.Check{}, err
 	}
 	out = out.WithDefaults()
-	return out, out.Validate()
+	return out, oneLine(out.Validate())
 }
 
 // ParseConfig reads a config file's contents; unknown fields are errors.
@@ -96,10 +96,19 @@ func ParseConfig(r io.Reader) (Config, error) {
 	var cfg Config
 	dec := yaml.NewDecoder(r)
 	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, err
+	err := dec.Decode(&cfg)
+	var typeErr *yaml.TypeError
+	switch {
+	case err == nil, errors.Is(err, io.EOF):
+		return cfg, nil
+	case errors.As(err, &typeErr):
+		// "yaml: unmarshal errors:" and then a line per problem, each
+		// starting with its line number: those lines are the message. A
+		// problem quotes the bad value, which may span lines itself.
+		return Config{}, oneLineError{text: joinLines(strings.Join(typeErr.Errors, "\n")), err: err}
+	default:
+		return Config{}, oneLine(err)
 	}
-	return cfg, nil
 }
 
 // toState turns the file's entries into VIPs, checking every value.

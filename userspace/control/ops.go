@@ -36,6 +36,13 @@ func findBackend(v *VIP, name string) (*Backend, error) {
 // AddVIP adds a VIP. Unset settings get their defaults.
 func (d *Daemon) AddVIP(ctx context.Context, v VIP) error {
 	return d.change(ctx, func(s *State) error {
+		// The datapath knows tcp and udp only: "", "TCP" or "UDP" would
+		// name a second VIP with the key of an existing one.
+		proto, err := ParseProto(v.Proto)
+		if err != nil {
+			return invalid(err)
+		}
+		v.Proto = proto
 		if _, err := findVIP(s, v.VIPRef); err == nil {
 			return conflict("VIP %s already exists", v.VIPRef)
 		}

@@ -5,9 +5,11 @@
 package control
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -141,8 +143,11 @@ func ParseBackendAddr(s string) (netip.Addr, error) {
 
 func checkServiceAddr(what string, a netip.Addr) error {
 	switch {
+	case !a.IsValid():
+		return fmt.Errorf("%s is missing, expected an IP address", what)
 	case a.Zone() != "":
-		return fmt.Errorf("%s %s has a zone, expected a global address", what, a)
+		// Quoted: a zone may hold any character, a newline too.
+		return fmt.Errorf("%s %q has a zone, expected a global address", what, a)
 	case a.Is4In6():
 		return fmt.Errorf("%s %s is IPv4-mapped IPv6, expected plain IPv4 (%s)", what, a, a.Unmap())
 	case a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsLoopback():
@@ -251,7 +256,7 @@ func (v VIP) validateSettings() error {
 		return fmt.Errorf("all-down action %q is not known, expected fail-open or fail-closed", v.AllDown)
 	}
 	if err := v.Check.Validate(); err != nil {
-		return fmt.Errorf("VIP %s: %w", v.VIPRef, err)
+		return fmt.Errorf("VIP %s: %w", v.VIPRef, oneLine(err))
 	}
 	return nil
 }
@@ -285,7 +290,7 @@ func (b Backend) validate() error {
 	}
 	if b.Check != nil {
 		if err := b.Check.Validate(); err != nil {
-			return fmt.Errorf("backend %s: %w", b.Name, err)
+			return fmt.Errorf("backend %s: %w", b.Name, oneLine(err))
 		}
 	}
 	return nil
@@ -318,6 +323,34 @@ func (v VIP) validateBackends() error {
 	return nil
 }
 
+// oneLineError is an error of several lines read as one, its lines
+// joined by "; ": the CLI prints every error on one line.
+type oneLineError struct {
+	text string
+	err  error
+}
+
+func (e oneLineError) Error() string { return e.text }
+func (e oneLineError) Unwrap() error { return e.err }
+
+// oneLine returns err as one line, or nil for nil. health.Check.Validate
+// reports each problem on a line of its own.
+func oneLine(err error) error {
+	if err == nil || !strings.ContainsAny(err.Error(), "\n\r") {
+		return err
+	}
+	return oneLineError{text: joinLines(err.Error()), err: err}
+}
+
+// joinLines joins the lines of text with "; ".
+func joinLines(text string) string {
+	lines := strings.FieldsFunc(text, func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, "; ")
+}
+
 // checkFor returns the effective check of a backend and its target.
 func (v VIP) checkFor(b Backend) (health.Check, netip.AddrPort) {
 	check := v.Check
@@ -342,13 +375,69 @@ func LoadState(path string) (State, bool, error) {
 	if err != nil {
 		return State{}, false, fmt.Errorf("reading state file: %w", err)
 	}
-	var s State
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
+	s, err := decodeState(data)
+	if err != nil {
 		return State{}, false, fmt.Errorf("state file %s is corrupt (%w); fix or remove it, the previous good copy is %s.prev", path, err, path)
 	}
 	return s, true, nil
+}
+
+// decodeState reads what SaveState wrote: one JSON object and nothing
+// after it, holding a state the daemon would accept but for the limits of
+// the loaded datapath. A file that is null, or a good state followed by
+// more, is not what SaveState wrote either.
+func decodeState(data []byte) (State, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return State{}, errors.New("the file is empty")
+	}
+	var s State
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return State{}, err
+	}
+	if !bytes.HasPrefix(bytes.TrimSpace(data), []byte("{")) {
+		return State{}, errors.New("not a JSON object")
+	}
+	if err := dec.Decode(&json.RawMessage{}); !errors.Is(err, io.EOF) {
+		return State{}, fmt.Errorf("data after the state at byte %d", dec.InputOffset())
+	}
+	if err := checkState(s); err != nil {
+		return State{}, err
+	}
+	return s, nil
+}
+
+// checkState checks a state as New does, but for the datapath's limits: a
+// value no daemon would have saved means the file was damaged.
+func checkState(s State) error {
+	keys := map[maps.VIPKey]bool{}
+	vipIDs := map[uint32]bool{}
+	backendIDs := map[maps.BackendID]bool{}
+	for i, v := range s.VIPs {
+		v = v.withDefaults(maglev.DefaultTableSize)
+		if err := v.validateSettings(); err != nil {
+			return fmt.Errorf("vips[%d]: %w", i, err)
+		}
+		if err := v.validateBackends(); err != nil {
+			return fmt.Errorf("vips[%d]: %w", i, err)
+		}
+		if keys[v.key()] {
+			return fmt.Errorf("vips[%d]: VIP %s is listed twice", i, v.VIPRef)
+		}
+		keys[v.key()] = true
+		if v.ID != unassignedVIP && vipIDs[v.ID] {
+			return fmt.Errorf("vips[%d]: VIP id %d is used twice", i, v.ID)
+		}
+		vipIDs[v.ID] = true
+		for _, b := range v.Backends {
+			if b.ID != 0 && backendIDs[b.ID] {
+				return fmt.Errorf("vips[%d]: backend id %d of %s is used twice", i, b.ID, b.Name)
+			}
+			backendIDs[b.ID] = true
+		}
+	}
+	return nil
 }
 
 // SaveState writes the state file atomically: a temporary file, fsync, then

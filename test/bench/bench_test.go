@@ -1,0 +1,51 @@
+package bench
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/tether-lb/tether/loader"
+	"github.com/tether-lb/tether/test/testenv"
+)
+
+// TestProgRunSmoke runs the prog.Run part of make bench with tiny sizes, so
+// the benchmark keeps building and measuring the paths it names.
+func TestProgRunSmoke(t *testing.T) {
+	testenv.RequireBPF(t)
+	opts := loader.DefaultOptions()
+	opts.AffinityCapacity = 4096
+	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x03}
+	dp, err := newBenchDatapath(opts, families(1000, 1000), mac, mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	fl, err := newFloors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fl.Close() })
+
+	results, err := measureProgRun(context.Background(), dp, fl, 1000, 1, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results.Rows) != 12 {
+		t.Fatalf("%d rows, want 12 (2 families x hot/cold x 3 programs)", len(results.Rows))
+	}
+	for _, row := range results.Rows {
+		if row.ThreadNs <= 0 {
+			t.Errorf("%+v: no time measured", row)
+		}
+	}
+	for name, rate := range results.ColdHitRate {
+		if rate != 100 {
+			t.Errorf("%s cold runs hit the affinity map %.2f%% of the time, want 100%%", name, rate)
+		}
+	}
+	for _, row := range results.Rows {
+		t.Logf("%s %7d clients %-22s kernel %4.0f ns  thread %6.2f ns", row.Family, row.Clients, row.Program, row.KernelNs, row.ThreadNs)
+	}
+}
