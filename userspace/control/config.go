@@ -190,6 +190,9 @@ func (cfg Config) Merge(s State) (State, error) {
 	}
 	out := cloneState(s)
 	if cfg.Seed != nil {
+		if *cfg.Seed == 0 {
+			return State{}, errors.New("seed 0 is not allowed, expected a non-zero number (leave it out for the default 0x74657468)")
+		}
 		out.Seed = *cfg.Seed
 	}
 	inFile := map[VIPRef]bool{}
@@ -219,6 +222,9 @@ func mergeBackends(current, declared []Backend) []Backend {
 	for _, b := range current {
 		if d, ok := byName[b.Name]; ok {
 			d.ID = b.ID
+			// A drain started with the CLI lasts until tether backend
+			// enable, whatever a reload says.
+			d.Drained = d.Drained || b.Drained
 			out = append(out, d)
 			delete(byName, b.Name)
 		} else if b.Source != SourceConfig {

@@ -311,3 +311,13 @@ func TestReloadConfigWithNewSeedReachesTheDatapath(t *testing.T) {
 		t.Errorf("table unchanged by a new seed")
 	}
 }
+
+func TestConfigSeedZeroIsRefused(t *testing.T) {
+	cfg, err := ParseConfig(strings.NewReader("seed: 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfg.Merge(State{Seed: DefaultSeed}); err == nil || !strings.Contains(err.Error(), "seed 0") {
+		t.Fatalf("merging seed 0: %v, want an error naming it", err)
+	}
+}

@@ -440,51 +440,56 @@ func checkState(s State) error {
 	return nil
 }
 
-// SaveState writes the state file atomically: a temporary file, fsync, then
-// rename over the old one, which is kept as .prev.
+// SaveState writes the state file atomically, keeping the one it replaces
+// as .prev: each is written to a temporary file, synced, renamed into
+// place, and the directory synced, so a crash leaves either the old or the
+// new file, never a torn one.
 func SaveState(path string, s State) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating state directory: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing state: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("syncing state: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing state: %w", err)
-	}
-	if _, err := os.Stat(path); err == nil {
-		if err := copyFile(path, path+".prev"); err != nil {
-			return err
+	if previous, err := os.ReadFile(path); err == nil {
+		if err := writeAtomic(path+".prev", previous); err != nil {
+			return fmt.Errorf("keeping previous state: %w", err)
 		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("keeping previous state: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing state file: %w", err)
+	if err := writeAtomic(path, append(data, '\n')); err != nil {
+		return fmt.Errorf("writing state: %w", err)
 	}
 	return nil
 }
 
-func copyFile(from, to string) error {
-	data, err := os.ReadFile(from)
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("keeping previous state: %w", err)
+		return err
 	}
-	if err := os.WriteFile(to, data, 0o600); err != nil {
-		return fmt.Errorf("keeping previous state: %w", err)
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
 	}
-	return nil
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
