@@ -15,6 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/tether-lb/tether/loader"
+	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/test/testenv"
 	"github.com/tether-lb/tether/test/tetherd"
 	"github.com/tether-lb/tether/test/topology"
@@ -281,4 +285,87 @@ func TestInterfaceRecreated(t *testing.T) {
 		t.Fatalf("status after re-creation: %+v, %v", second, err)
 	}
 	t.Logf("interface re-created; %d clients kept their backends", len(before))
+}
+
+// TestKillDuringTableSwaps SIGKILLs the daemon while it swaps tables as
+// fast as a client can change weights: whenever it dies, the live table is
+// whole (every slot a backend of the VIP), and a new daemon goes on.
+func TestKillDuringTableSwaps(t *testing.T) {
+	n, d := newDaemonNetwork(t, "dkil", 2)
+	vip := topology.VIP4.String() + ":8080"
+	for round := range 5 {
+		d.Start()
+		if round == 0 {
+			d.Must("vip", "add", vip, "--table-size", "65537")
+			d.Must("backend", "add", "--vip", vip, "b1", n.Backends[0].Addr4.String())
+			d.Must("backend", "add", "--vip", vip, "b2", n.Backends[1].Addr4.String())
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_ = d.CLI("backend", "set", "--vip", vip, "b1", "--weight", fmt.Sprint(1+i%7))
+			}
+		}()
+		time.Sleep(time.Duration(100+round*70) * time.Millisecond)
+		d.Kill()
+		close(stop)
+		<-done
+		requireWholeTable(t, d, vip)
+		for i, src := range n.ClientAddrs4[:4] {
+			if _, err := ask(n.Client, src, topology.VIP4); err != nil {
+				t.Fatalf("round %d: connection %d after SIGKILL mid-swap: %v", round, i, err)
+			}
+		}
+	}
+	d.Start()
+	st, err := d.Status()
+	if err != nil || len(st.VIPs) != 1 || len(st.VIPs[0].Backends) != 2 {
+		t.Fatalf("status after 5 kills: %+v, %v", st, err)
+	}
+	for i, src := range n.ClientAddrs4 {
+		if _, err := ask(n.Client, src, topology.VIP4); err != nil {
+			t.Fatalf("connection %d after the last restart: %v", i, err)
+		}
+	}
+}
+
+// requireWholeTable reads the VIP's live Maglev table from the pins and
+// fails unless every slot holds one of the VIP's two backends.
+func requireWholeTable(t *testing.T, d *tetherd.Daemon, vip string) {
+	t.Helper()
+	dir := loader.PinDir(d.BPFFS, "eth0")
+	var pinned loader.TetherMaps
+	var err error
+	if pinned.Vips, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapVips), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Vips.Close()
+	if pinned.Maglev, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapMaglev), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Maglev.Close()
+	m := maps.NewKernel(&pinned, maps.LimitsOf(loader.DefaultOptions()))
+	ap := netip.MustParseAddrPort(vip)
+	info, err := m.VIP(maps.VIPKey{Addr: ap.Addr(), Port: ap.Port(), Proto: maps.TCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, err := m.Table(info.ID, info.TableSlot, info.TableSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[maps.BackendID]int{}
+	for _, id := range table {
+		counts[id]++
+	}
+	if len(counts) != 2 || counts[0] != 0 {
+		t.Fatalf("live table after SIGKILL holds %v, want exactly the two backends", counts)
+	}
 }
