@@ -86,6 +86,16 @@ func (tr *traffic) backendOf(src netip.Addr) string {
 	return ""
 }
 
+// serveVIP adds the IPv4 VIP on port 8080 with every backend, b1, b2, …
+func serveVIP(d *tetherd.Daemon, n *topology.Network) string {
+	vip := topology.VIP4.String() + ":8080"
+	d.Must("vip", "add", vip)
+	for i, b := range n.Backends {
+		d.Must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
+	}
+	return vip
+}
+
 func newDaemonNetwork(t *testing.T, prefix string, backends int) (*topology.Network, *tetherd.Daemon) {
 	testenv.RequireBPF(t)
 	n := topology.New(t, topology.Options{Prefix: prefix, Backends: backends, ClientCount: 12})
@@ -112,11 +122,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 func TestDaemonManagesVIPsAndBackends(t *testing.T) {
 	n, d := newDaemonNetwork(t, "dmgr", 3)
 	d.Start()
-	vip := topology.VIP4.String() + ":8080"
-	d.Must("vip", "add", vip)
-	for i, b := range n.Backends {
-		d.Must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
-	}
+	vip := serveVIP(d, n)
 	tr := startTraffic(n, topology.VIP4, n.ClientAddrs4)
 	waitFor(t, "every client address to connect 3 times", 20*time.Second, func() bool { return tr.total.Load() >= int64(3*len(n.ClientAddrs4)) })
 	before := map[netip.Addr]string{}
@@ -168,11 +174,7 @@ func TestDaemonManagesVIPsAndBackends(t *testing.T) {
 func TestDaemonRestartAndUpgradeKeepForwarding(t *testing.T) {
 	n, d := newDaemonNetwork(t, "drst", 2)
 	d.Start()
-	vip := topology.VIP4.String() + ":8080"
-	d.Must("vip", "add", vip)
-	for i, b := range n.Backends {
-		d.Must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
-	}
+	serveVIP(d, n)
 	first, err := d.Status()
 	if err != nil {
 		t.Fatal(err)
@@ -246,11 +248,7 @@ func TestDetachLeavesNothing(t *testing.T) {
 func TestInterfaceRecreated(t *testing.T) {
 	n, d := newDaemonNetwork(t, "dirc", 2)
 	d.Start()
-	vip := topology.VIP4.String() + ":8080"
-	d.Must("vip", "add", vip)
-	for i, b := range n.Backends {
-		d.Must("backend", "add", "--vip", vip, fmt.Sprintf("b%d", i+1), b.Addr4.String())
-	}
+	vip := serveVIP(d, n)
 	before := map[netip.Addr]string{}
 	for _, src := range n.ClientAddrs4 {
 		name, err := ask(n.Client, src, topology.VIP4)

@@ -358,6 +358,15 @@ func (d *Daemon) SetWatchdogTimeout(timeout time.Duration) error {
 // ends. It never waits for the daemon's main lock, so a slow change or
 // resolution cannot make the watchdog fire.
 func (d *Daemon) Heartbeat(ctx context.Context, every time.Duration) {
+	tick(ctx, every, func() {
+		if err := d.updateSettings(func(s *maps.Settings) { s.Watchdog = monotonicNow() }); err != nil {
+			d.log.Error("writing watchdog heartbeat", "error", err)
+		}
+	})
+}
+
+// tick calls fn every interval until ctx ends.
+func tick(ctx context.Context, every time.Duration, fn func()) {
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	for {
@@ -365,9 +374,7 @@ func (d *Daemon) Heartbeat(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
-		}
-		if err := d.updateSettings(func(s *maps.Settings) { s.Watchdog = monotonicNow() }); err != nil {
-			d.log.Error("writing watchdog heartbeat", "error", err)
+			fn()
 		}
 	}
 }
@@ -926,16 +933,7 @@ type recheck struct {
 // while the kernel answers, then installing what changed; and retrying
 // VIPs whose last install failed.
 func (d *Daemon) Maintain(ctx context.Context, every time.Duration) {
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-		d.maintainOnce(ctx)
-	}
+	tick(ctx, every, func() { d.maintainOnce(ctx) })
 }
 
 func (d *Daemon) maintainOnce(ctx context.Context) {
