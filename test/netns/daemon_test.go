@@ -248,7 +248,7 @@ func TestDetachLeavesNothing(t *testing.T) {
 func TestInterfaceRecreated(t *testing.T) {
 	n, d := newDaemonNetwork(t, "dirc", 2)
 	d.Start()
-	vip := serveVIP(d, n)
+	serveVIP(d, n)
 	before := map[netip.Addr]string{}
 	for _, src := range n.ClientAddrs4 {
 		name, err := ask(n.Client, src, topology.VIP4)
