@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -399,5 +400,20 @@ func TestDaemonNotRunning(t *testing.T) {
 	err := cli.Run(cli.App(&stdout, &stderr), []string{"tether", "--socket", socket, "status"})
 	if err == nil || !strings.Contains(err.Error(), "not running") || !strings.Contains(err.Error(), socket) {
 		t.Errorf("status without a daemon: %v", err)
+	}
+}
+
+func TestRunRefusesATakenMetricsPort(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	addr := taken.Addr().String()
+	var stdout, stderr bytes.Buffer
+	err = cli.Run(cli.App(&stdout, &stderr), []string{"tether", "--socket", filepath.Join(t.TempDir(), "s"), "run", "--iface", "lo",
+		"--metrics-addr", addr, "--state-dir", t.TempDir(), "--bpffs", t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), addr) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("run with metrics port %s taken: %v, want a one-line error naming it", addr, err)
 	}
 }
