@@ -406,23 +406,7 @@ func (d *Daemon) removeMismatchedVIPs() error {
 		voided[info.ID], voided[want] = true, true
 		delete(d.vips, want)
 	}
-	if len(voided) == 0 {
-		return nil
-	}
-	var stale []maps.AffinityKey
-	if err := d.opts.Maps.ForEachAffinity(func(key maps.AffinityKey, _ maps.Affinity) {
-		if voided[key.VIPID] {
-			stale = append(stale, key)
-		}
-	}); err != nil {
-		return err
-	}
-	for _, key := range stale {
-		if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
-			return err
-		}
-	}
-	return nil
+	return d.forgetClients(voided)
 }
 
 func monotonicNow() uint64 {
@@ -769,18 +753,7 @@ func (d *Daemon) removeVIP(v VIP, next State) error {
 		return nil
 	}
 	delete(d.vips, v.ID)
-	entries, err := d.opts.Maps.Affinities()
-	if err != nil {
-		return err
-	}
-	for key := range entries {
-		if key.VIPID == v.ID {
-			if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
-				return err
-			}
-		}
-	}
-	return nil
+	return d.forgetClients(map[uint32]bool{v.ID: true})
 }
 
 // syncAliases keeps a fragment alias for every address and protocol served

@@ -1,6 +1,9 @@
 package control
 
-import "github.com/tether-lb/tether/maps"
+import (
+	"github.com/tether-lb/tether/maps"
+	"github.com/tether-lb/tether/userspace/health"
+)
 
 // BackendInventory is a backend as metrics label it.
 type BackendInventory struct {
@@ -41,7 +44,7 @@ func (d *Daemon) Inventory() Inventory {
 		for _, b := range v.Backends {
 			rt := d.backends[b.ID]
 			vi.Backends = append(vi.Backends, BackendInventory{Name: b.Name, ID: b.ID, State: rt.datapath,
-				Healthy: rt.health.String() == "up", Checked: rt.checked, Weight: b.Weight})
+				Healthy: rt.health == health.Up, Checked: rt.checked, Weight: b.Weight})
 		}
 		out.VIPs = append(out.VIPs, vi)
 	}

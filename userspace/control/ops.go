@@ -330,15 +330,17 @@ func (d *Daemon) forgetClients(vipIDs map[uint32]bool) error {
 	if len(vipIDs) == 0 {
 		return nil
 	}
-	entries, err := d.opts.Maps.Affinities()
-	if err != nil {
+	var stale []maps.AffinityKey
+	if err := d.opts.Maps.ForEachAffinity(func(key maps.AffinityKey, _ maps.Affinity) {
+		if vipIDs[key.VIPID] {
+			stale = append(stale, key)
+		}
+	}); err != nil {
 		return fmt.Errorf("reading affinity entries: %w", err)
 	}
-	for key := range entries {
-		if vipIDs[key.VIPID] {
-			if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
-				return fmt.Errorf("forgetting clients of a removed VIP: %w", err)
-			}
+	for _, key := range stale {
+		if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+			return fmt.Errorf("forgetting clients of a removed VIP: %w", err)
 		}
 	}
 	return nil
