@@ -6,6 +6,9 @@
 /* IPv6 extension headers skipped before giving up on finding TCP/UDP. */
 #define MAX_IPV6_EXT_HEADERS 4
 
+/* Entries per affinity bucket: 4 x 32 bytes, two cache lines. */
+#define AFFINITY_WAYS 4
+
 /* An affinity entry's last_seen_ns is rewritten only when it is older than
  * this, so a busy client does not bounce the entry's cache line between
  * CPUs on every packet. */
@@ -65,6 +68,9 @@ enum affinity_event {
 	AFFINITY_STALE,        /* entry's backend gone, down or re-generated */
 	AFFINITY_INSERT,       /* Maglev's choice written to the map */
 	AFFINITY_INSERT_FAILED,
+	/* The insert took the place of another client's entry that was fresh
+	 * by this VIP's timeout: the table is too small for the clients. */
+	AFFINITY_EVICT,
 	AFFINITY_EVENT_MAX,
 };
 

@@ -11,6 +11,7 @@
 /* Load-time constants, rewritten by the loader to match the map sizes. */
 volatile const __u32 max_vips = 64;
 volatile const __u32 table_stride = 65537; /* largest table size M */
+volatile const __u32 affinity_buckets = 1 << 18; /* entries of `affinity` */
 
 /* vip_key -> vip_info; written by the daemon. */
 struct {
@@ -36,13 +37,16 @@ struct {
 	__type(value, struct backend);
 } backends SEC(".maps");
 
-/* {vip_id, client key} -> the client's backend. One map shared by all CPUs:
- * RSS spreads a client's connections over CPUs and all must agree. */
+/* Buckets of client entries, see affinity.h. One table shared by all CPUs:
+ * RSS spreads a client's connections over CPUs and all must agree.
+ * Mmapable: the array's data is page-aligned, so a bucket starts on a cache
+ * line, and the daemon reads and clears entries in place. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 20);
-	__type(key, struct affinity_key);
-	__type(value, struct affinity_value);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u32);
+	__type(value, struct affinity_bucket);
 } affinity SEC(".maps");
 
 /* Slot 0 global, 1 + vip_id per VIP, 1 + max_vips + backend_id per backend. */

@@ -38,15 +38,20 @@ struct backend {
 	__u16 pad;
 };
 
-struct affinity_key {
-	__u32 vip_id;
+/* The affinity table is a set-associative cache of clients in a BPF array
+ * (see affinity.h): bucket = hash of {vip_id, client} into the array, then
+ * AFFINITY_WAYS entries of 32 bytes, two to a cache line. A lookup reads one
+ * bucket, not a hash chain. */
+struct affinity_entry {
 	__u8 client[16]; /* source address masked to the VIP's prefix */
+	/* 0: empty. Else vip_id | backend_id << 16 | generation << 32, in one
+	 * word so a reader sees all three from the same writer. */
+	__u64 route;
+	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns(), CLOCK_MONOTONIC */
 };
 
-struct affinity_value {
-	__u32 backend_id;
-	__u32 generation; /* the backend's generation when the entry was made */
-	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns(), CLOCK_MONOTONIC */
+struct affinity_bucket {
+	struct affinity_entry way[AFFINITY_WAYS];
 };
 
 struct lb_counters {

@@ -12,6 +12,7 @@
 #include "structs.h"
 #include "maps.h"
 #include "parse.h"
+#include "affinity.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -77,15 +78,14 @@ static __always_inline __be32 prefix_mask(__u32 prefix, __u32 word)
 	return bpf_htonl(~(0xffffffffU >> bits));
 }
 
-static __always_inline void client_key(struct affinity_key *akey,
-				       const struct packet *pkt,
+/* The client's key: its source address masked to the VIP's prefix. */
+static __always_inline void client_key(__u8 *client, const struct packet *pkt,
 				       const struct vip_info *vip)
 {
 	const __be32 *src = (const __be32 *)pkt->source;
-	__be32 *dst = (__be32 *)akey->client;
+	__be32 *dst = (__be32 *)client;
 	__u32 prefix = pkt->key.family == FAMILY_IPV4 ? vip->prefix4 : vip->prefix6;
 
-	akey->vip_id = vip->vip_id;
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		dst[i] = src[i] & prefix_mask(prefix, i);
@@ -103,8 +103,7 @@ static __always_inline __u32 maglev_backend(const struct vip_info *vip,
 	__u32 size = vip->table_size;
 	__u32 index, *id;
 
-	/* A VIP entry the daemon got wrong must not index another VIP's table. */
-	if (vip->vip_id >= max_vips || size == 0 || size > table_stride)
+	if (size == 0 || size > table_stride)
 		return 0;
 	index = (vip->vip_id * 2 + slot) * table_stride + hash % size;
 	id = bpf_map_lookup_elem(&maglev, &index);
@@ -146,13 +145,14 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet pkt = {};
-	struct affinity_key akey = {};
-	struct affinity_value *entry, fresh_entry;
+	__u8 client[16] __attribute__((aligned(4)));
+	struct affinity_bucket *bucket;
+	struct affinity_entry *entry, *target;
 	struct lb_settings *cfg;
 	struct vip_info *vip;
 	struct backend *be;
 	__u32 zero = 0, id;
-	__u64 now;
+	__u64 now, route = 0, seen;
 	int ret;
 
 	cfg = bpf_map_lookup_elem(&settings, &zero);
@@ -170,17 +170,22 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	if (!vip)
 		return pkt.fragment ? OUTCOME_PASS_FRAGMENT : OUTCOME_PASS_NOT_VIP;
 	res->vip_id = vip->vip_id;
+	/* A VIP entry the daemon got wrong must not reach another VIP's
+	 * tables or clients. */
+	if (vip->vip_id >= max_vips)
+		return no_backend(vip);
 
-	client_key(&akey, &pkt, vip);
-	entry = bpf_map_lookup_elem(&affinity, &akey);
+	client_key(client, &pkt, vip);
+	bucket = affinity_bucket_of(client_hash(affinity_seed(vip->vip_id), client));
+	entry = bucket ? affinity_find(bucket, vip->vip_id, client, &route) : NULL;
 	if (!entry) {
 		res->affinity_events |= 1 << AFFINITY_MISS;
 	} else if (!fresh(now, entry->last_seen_ns, vip->affinity_timeout_ns)) {
 		res->affinity_events |= 1 << AFFINITY_EXPIRED;
 	} else {
-		id = entry->backend_id;
+		id = route_backend(route);
 		be = id ? bpf_map_lookup_elem(&backends, &id) : NULL;
-		if (be && be->generation == entry->generation && backend_usable(be)) {
+		if (be && be->generation == route_generation(route) && backend_usable(be)) {
 			res->affinity_events |= 1 << AFFINITY_HIT;
 			res->backend_id = id;
 			if (now > entry->last_seen_ns + AFFINITY_REFRESH_NS)
@@ -190,19 +195,28 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		res->affinity_events |= 1 << AFFINITY_STALE;
 	}
 
-	id = maglev_backend(vip, client_hash(cfg->seed, akey.client));
+	id = maglev_backend(vip, client_hash(cfg->seed, client));
 	be = id ? bpf_map_lookup_elem(&backends, &id) : NULL;
 	if (!be || !backend_usable(be))
 		return no_backend(vip);
+	res->backend_id = id;
 
-	fresh_entry.backend_id = id;
-	fresh_entry.generation = be->generation;
-	fresh_entry.last_seen_ns = now;
-	if (bpf_map_update_elem(&affinity, &akey, &fresh_entry, BPF_ANY))
+	if (!bucket) {
+		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
+		return forward(ctx, be);
+	}
+	if (entry) {
+		target = entry;
+		seen = route;
+	} else {
+		target = affinity_victim(bucket, &seen);
+		if (seen != 0 && fresh(now, target->last_seen_ns, vip->affinity_timeout_ns))
+			res->affinity_events |= 1 << AFFINITY_EVICT;
+	}
+	if (affinity_write(target, seen, client, route_make(vip->vip_id, id, be->generation), now))
 		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
 	else
 		res->affinity_events |= 1 << AFFINITY_INSERT;
-	res->backend_id = id;
 	return forward(ctx, be);
 }
 

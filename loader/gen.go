@@ -3,4 +3,4 @@
 // by bpf2go from bpf/ and committed, so building needs no clang.
 package loader
 
-//go:generate go tool bpf2go -tags linux -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" -type vip_key -type vip_info -type backend -type affinity_key -type affinity_value -type lb_counters -type lb_settings Tether ../bpf/tether.c
+//go:generate go tool bpf2go -tags linux -target bpfel -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu" -type vip_key -type vip_info -type backend -type affinity_entry -type affinity_bucket -type lb_counters -type lb_settings Tether ../bpf/tether.c

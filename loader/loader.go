@@ -15,7 +15,7 @@ type Options struct {
 	MaxVIPs          uint32 // VIPs the datapath can hold; vip_id < MaxVIPs
 	TableStride      uint32 // largest Maglev table size M any VIP may use
 	MaxBackends      uint32 // backend ids 1..MaxBackends-1 (0 means none)
-	AffinityCapacity uint32 // client entries in the affinity LRU
+	AffinityCapacity uint32 // clients the affinity table is sized for, see AffinityBuckets
 	MaxTxPorts       uint32 // egress interfaces other than the ingress one
 }
 
@@ -30,19 +30,41 @@ func DefaultOptions() Options {
 	}
 }
 
+// Limits the datapath's encodings put on the options: an affinity entry
+// holds the VIP id and the backend id in 16 bits each, and VIP id 0xffff
+// marks a way being written (ROUTE_BUSY in bpf/affinity.h).
+const (
+	MaxVIPsLimit          = 0xffff
+	MaxBackendsLimit      = 0x10000
+	AffinityCapacityLimit = 1 << 26
+)
+
+// AffinityBuckets is the number of buckets of the affinity table for
+// capacity clients: three entries for every four clients, so at capacity a
+// bucket holds 4/3 clients on average in its AFFINITY_WAYS = 4 ways and
+// about 1 % of inserts evict a fresh entry (0.1 % at half the capacity).
+func AffinityBuckets(capacity uint32) uint32 {
+	return uint32((3*uint64(capacity) + 3) / 4)
+}
+
+// AffinityCapacityOf inverts AffinityBuckets for a table's bucket count.
+func AffinityCapacityOf(buckets uint32) uint32 {
+	return uint32(4 * uint64(buckets) / 3)
+}
+
 // Validate reports the first option out of range.
 func (o Options) Validate() error {
 	switch {
-	case o.MaxVIPs == 0:
-		return errors.New("max VIPs is 0, expected at least 1")
+	case o.MaxVIPs == 0 || o.MaxVIPs > MaxVIPsLimit:
+		return fmt.Errorf("max VIPs %d is out of range, expected 1..%d", o.MaxVIPs, MaxVIPsLimit)
 	case o.TableStride < 3:
 		return fmt.Errorf("table size %d is too small, expected a prime of at least 3", o.TableStride)
 	case uint64(o.MaxVIPs)*2*uint64(o.TableStride) > math.MaxUint32:
 		return fmt.Errorf("max VIPs %d x 2 x table size %d does not fit the 32-bit Maglev index", o.MaxVIPs, o.TableStride)
-	case o.MaxBackends < 2:
-		return fmt.Errorf("max backends %d is too small, expected at least 2 (id 0 is reserved)", o.MaxBackends)
-	case o.AffinityCapacity == 0:
-		return errors.New("affinity capacity is 0, expected at least 1")
+	case o.MaxBackends < 2 || o.MaxBackends > MaxBackendsLimit:
+		return fmt.Errorf("max backends %d is out of range, expected 2..%d (id 0 is reserved)", o.MaxBackends, MaxBackendsLimit)
+	case o.AffinityCapacity == 0 || o.AffinityCapacity > AffinityCapacityLimit:
+		return fmt.Errorf("affinity capacity %d is out of range, expected 1..%d clients", o.AffinityCapacity, AffinityCapacityLimit)
 	case o.MaxTxPorts == 0:
 		return errors.New("max tx ports is 0, expected at least 1")
 	}
@@ -69,7 +91,7 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 		TetherMapVips:     2 * opts.MaxVIPs, // each VIP may have a fragment alias
 		TetherMapMaglev:   opts.MaxVIPs * 2 * opts.TableStride,
 		TetherMapBackends: opts.MaxBackends,
-		TetherMapAffinity: opts.AffinityCapacity,
+		TetherMapAffinity: AffinityBuckets(opts.AffinityCapacity),
 		TetherMapCounters: 1 + opts.MaxVIPs + opts.MaxBackends,
 		TetherMapTxPorts:  opts.MaxTxPorts,
 	}
@@ -77,8 +99,9 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 		spec.Maps[name].MaxEntries = size
 	}
 	constants := map[string]uint32{
-		TetherVarMaxVips:     opts.MaxVIPs,
-		TetherVarTableStride: opts.TableStride,
+		TetherVarMaxVips:         opts.MaxVIPs,
+		TetherVarTableStride:     opts.TableStride,
+		TetherVarAffinityBuckets: AffinityBuckets(opts.AffinityCapacity),
 	}
 	for name, value := range constants {
 		if err := spec.Variables[name].Set(value); err != nil {

@@ -80,7 +80,7 @@ func pinnedOptions(dir string) (opts Options, ok bool, err error) {
 	opts = Options{
 		MaxVIPs:          sizes[TetherMapVips] / 2,
 		MaxBackends:      sizes[TetherMapBackends],
-		AffinityCapacity: sizes[TetherMapAffinity],
+		AffinityCapacity: AffinityCapacityOf(sizes[TetherMapAffinity]),
 		MaxTxPorts:       sizes[TetherMapTxPorts],
 	}
 	if opts.MaxVIPs > 0 {

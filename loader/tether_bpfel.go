@@ -13,6 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type TetherAffinityBucket struct {
+	_   structs.HostLayout
+	Way [4]TetherAffinityEntry
+}
+
+type TetherAffinityEntry struct {
+	_          structs.HostLayout
+	Client     [16]uint8
+	Route      uint64
+	LastSeenNs uint64
+}
+
 type TetherAffinityEvent uint32
 
 const (
@@ -22,21 +34,9 @@ const (
 	TetherAffinityEventAFFINITY_STALE         TetherAffinityEvent = 3
 	TetherAffinityEventAFFINITY_INSERT        TetherAffinityEvent = 4
 	TetherAffinityEventAFFINITY_INSERT_FAILED TetherAffinityEvent = 5
-	TetherAffinityEventAFFINITY_EVENT_MAX     TetherAffinityEvent = 6
+	TetherAffinityEventAFFINITY_EVICT         TetherAffinityEvent = 6
+	TetherAffinityEventAFFINITY_EVENT_MAX     TetherAffinityEvent = 7
 )
-
-type TetherAffinityKey struct {
-	_      structs.HostLayout
-	VipId  uint32
-	Client [16]uint8
-}
-
-type TetherAffinityValue struct {
-	_          structs.HostLayout
-	BackendId  uint32
-	Generation uint32
-	LastSeenNs uint64
-}
 
 type TetherBackend struct {
 	_          structs.HostLayout
@@ -69,7 +69,7 @@ type TetherLbCounters struct {
 	_        structs.HostLayout
 	Packets  [18]uint64
 	Bytes    [18]uint64
-	Affinity [6]uint64
+	Affinity [7]uint64
 }
 
 type TetherLbSettings struct {
@@ -142,6 +142,7 @@ const (
 	TetherMapTxPorts           = "tx_ports"
 	TetherMapVips              = "vips"
 	TetherProgTetherLb         = "tether_lb"
+	TetherVarAffinityBuckets   = "affinity_buckets"
 	TetherVarAffinityEventType = "affinity_event_type"
 	TetherVarBackendStateType  = "backend_state_type"
 	TetherVarFamilyType        = "family_type"
@@ -213,6 +214,7 @@ type TetherMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TetherVariableSpecs struct {
+	AffinityBuckets   *ebpf.VariableSpec `ebpf:"affinity_buckets"`
 	AffinityEventType *ebpf.VariableSpec `ebpf:"affinity_event_type"`
 	BackendStateType  *ebpf.VariableSpec `ebpf:"backend_state_type"`
 	FamilyType        *ebpf.VariableSpec `ebpf:"family_type"`
@@ -267,6 +269,7 @@ func (m *TetherMaps) Close() error {
 //
 // It can be passed to LoadTetherObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TetherVariables struct {
+	AffinityBuckets   *ebpf.Variable `ebpf:"affinity_buckets"`
 	AffinityEventType *ebpf.Variable `ebpf:"affinity_event_type"`
 	BackendStateType  *ebpf.Variable `ebpf:"backend_state_type"`
 	FamilyType        *ebpf.Variable `ebpf:"family_type"`

@@ -5,33 +5,35 @@ import (
 	"maps"
 	"slices"
 	"sync"
+
+	"github.com/tether-lb/tether/loader"
 )
 
 // Fake is Maps in memory, with the kernel maps' semantics: the backends and
 // Maglev arrays read as zero where never written, and ids out of range fail.
-// It never evicts affinity entries.
+// Its affinity table is the datapath's: same buckets, ways and evictions.
 type Fake struct {
-	mu         sync.Mutex
-	limits     Limits
-	vips       map[VIPKey]VIP
-	backends   map[BackendID]Backend
-	tables     map[uint32][]BackendID // by TableIndex of entry 0
-	affinities map[AffinityKey]Affinity
-	settings   Settings
-	counters   map[uint32]Counters
-	txPorts    map[uint32]bool
+	mu       sync.Mutex
+	limits   Limits
+	vips     map[VIPKey]VIP
+	backends map[BackendID]Backend
+	tables   map[uint32][]BackendID // by TableIndex of entry 0
+	affinity affinityTable
+	settings Settings
+	counters map[uint32]Counters
+	txPorts  map[uint32]bool
 }
 
 // NewFake returns empty maps with the given limits.
 func NewFake(limits Limits) *Fake {
 	return &Fake{
-		limits:     limits,
-		vips:       make(map[VIPKey]VIP),
-		backends:   make(map[BackendID]Backend),
-		tables:     make(map[uint32][]BackendID),
-		affinities: make(map[AffinityKey]Affinity),
-		counters:   make(map[uint32]Counters),
-		txPorts:    make(map[uint32]bool),
+		limits:   limits,
+		vips:     make(map[VIPKey]VIP),
+		backends: make(map[BackendID]Backend),
+		tables:   make(map[uint32][]BackendID),
+		affinity: affinityTable{buckets: make([]loader.TetherAffinityBucket, limits.AffinityBuckets)},
+		counters: make(map[uint32]Counters),
+		txPorts:  make(map[uint32]bool),
 	}
 }
 
@@ -150,45 +152,43 @@ func (f *Fake) TableEntry(index uint32) (BackendID, bool) {
 func (f *Fake) Affinity(key AffinityKey) (Affinity, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	a, ok := f.affinities[key]
-	if !ok {
-		return Affinity{}, fmt.Errorf("looking up affinity of VIP id %d: %w", key.VIPID, ErrNotFound)
-	}
-	return a, nil
+	return f.affinity.get(key)
 }
 
 // PutAffinity writes a client's entry.
 func (f *Fake) PutAffinity(key AffinityKey, a Affinity) error {
+	_, _, err := f.InsertAffinity(key, a)
+	return err
+}
+
+// InsertAffinity writes a client's entry as the datapath inserts one and
+// returns the other client's entry it took the place of, if it did.
+func (f *Fake) InsertAffinity(key AffinityKey, a Affinity) (replaced Affinity, ok bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.affinities[key] = a
-	return nil
+	return f.affinity.put(key, a)
 }
 
 // DeleteAffinity removes a client's entry.
 func (f *Fake) DeleteAffinity(key AffinityKey) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.affinities[key]; !ok {
-		return fmt.Errorf("deleting affinity of VIP id %d: %w", key.VIPID, ErrNotFound)
-	}
-	delete(f.affinities, key)
-	return nil
+	return f.affinity.delete(key)
 }
 
 // Affinities returns every entry.
 func (f *Fake) Affinities() (map[AffinityKey]Affinity, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return maps.Clone(f.affinities), nil
+	out := make(map[AffinityKey]Affinity)
+	err := f.ForEachAffinity(func(key AffinityKey, a Affinity) { out[key] = a })
+	return out, err
 }
 
 // ForEachAffinity calls fn for every entry, on a copy taken first.
 func (f *Fake) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
-	entries, _ := f.Affinities()
-	for key, a := range entries {
-		fn(key, a)
-	}
+	f.mu.Lock()
+	copied := affinityTable{buckets: slices.Clone(f.affinity.buckets)}
+	f.mu.Unlock()
+	copied.each(fn)
 	return nil
 }
 
@@ -196,7 +196,7 @@ func (f *Fake) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
 func (f *Fake) AffinityCount() (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.affinities), nil
+	return f.affinity.count(), nil
 }
 
 // Settings returns the datapath's switches.

@@ -3,21 +3,48 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"os"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tether-lb/tether/loader"
 )
 
 // Kernel is Maps over the datapath's real BPF maps.
 type Kernel struct {
-	maps   *loader.TetherMaps
-	limits Limits
+	maps     *loader.TetherMaps
+	limits   Limits
+	affinity affinityTable // the affinity map, mapped into this process
+	mapped   []byte
 }
 
-// NewKernel wraps loaded maps created with the given limits.
-func NewKernel(m *loader.TetherMaps, limits Limits) *Kernel {
-	return &Kernel{maps: m, limits: limits}
+// NewKernel wraps loaded maps created with the given limits. It maps the
+// affinity table into this process, where entries are read and written in
+// place, as the datapath does; Close unmaps it.
+func NewKernel(m *loader.TetherMaps, limits Limits) (*Kernel, error) {
+	buckets := m.Affinity.MaxEntries()
+	if buckets != limits.AffinityBuckets {
+		return nil, fmt.Errorf("mapping the affinity table: it has %d buckets, the limits say %d", buckets, limits.AffinityBuckets)
+	}
+	size := int(buckets) * int(unsafe.Sizeof(loader.TetherAffinityBucket{}))
+	page := os.Getpagesize()
+	mapped, err := unix.Mmap(m.Affinity.FD(), 0, (size+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mapping the affinity table (%d bytes): %w", size, err)
+	}
+	table := unsafe.Slice((*loader.TetherAffinityBucket)(unsafe.Pointer(unsafe.SliceData(mapped))), buckets)
+	return &Kernel{maps: m, limits: limits, affinity: affinityTable{buckets: table}, mapped: mapped}, nil
+}
+
+// Close unmaps the affinity table. The maps stay open.
+func (k *Kernel) Close() error {
+	k.affinity = affinityTable{}
+	if err := unix.Munmap(k.mapped); err != nil {
+		return fmt.Errorf("unmapping the affinity table: %w", err)
+	}
+	return nil
 }
 
 // Limits returns the sizes the maps were created with.
@@ -125,73 +152,36 @@ func (k *Kernel) Table(vipID uint32, slot uint8, size uint32) ([]BackendID, erro
 
 // Affinity returns a client's entry.
 func (k *Kernel) Affinity(key AffinityKey) (Affinity, error) {
-	var a loader.TetherAffinityValue
-	if err := k.maps.Affinity.Lookup(encodeAffinityKey(key), &a); err != nil {
-		return Affinity{}, fmt.Errorf("looking up affinity of VIP id %d: %w", key.VIPID, notFound(err))
-	}
-	return decodeAffinity(a), nil
+	return k.affinity.get(key)
 }
 
-// PutAffinity writes a client's entry.
+// PutAffinity writes a client's entry where the datapath would put it.
 func (k *Kernel) PutAffinity(key AffinityKey, a Affinity) error {
-	if err := k.maps.Affinity.Put(encodeAffinityKey(key), encodeAffinity(a)); err != nil {
-		return fmt.Errorf("writing affinity of VIP id %d: %w", key.VIPID, err)
-	}
-	return nil
+	_, _, err := k.affinity.put(key, a)
+	return err
 }
 
 // DeleteAffinity removes a client's entry.
 func (k *Kernel) DeleteAffinity(key AffinityKey) error {
-	if err := k.maps.Affinity.Delete(encodeAffinityKey(key)); err != nil {
-		return fmt.Errorf("deleting affinity of VIP id %d: %w", key.VIPID, notFound(err))
-	}
-	return nil
-}
-
-// affinityBatch is how many affinity entries one syscall reads.
-const affinityBatch = 4096
-
-// eachAffinity calls fn for every affinity entry, reading them in batches:
-// a million entries take hundreds of syscalls, not two million.
-func (k *Kernel) eachAffinity(fn func(loader.TetherAffinityKey, loader.TetherAffinityValue)) error {
-	keys := make([]loader.TetherAffinityKey, affinityBatch)
-	values := make([]loader.TetherAffinityValue, affinityBatch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := k.maps.Affinity.BatchLookup(&cursor, keys, values, nil)
-		for i := range n {
-			fn(keys[i], values[i])
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading affinity entries: %w", err)
-		}
-	}
+	return k.affinity.delete(key)
 }
 
 // Affinities returns every entry.
 func (k *Kernel) Affinities() (map[AffinityKey]Affinity, error) {
 	out := make(map[AffinityKey]Affinity)
-	err := k.eachAffinity(func(key loader.TetherAffinityKey, a loader.TetherAffinityValue) {
-		out[decodeAffinityKey(key)] = decodeAffinity(a)
-	})
-	return out, err
+	k.affinity.each(func(key AffinityKey, a Affinity) { out[key] = a })
+	return out, nil
 }
 
-// ForEachAffinity calls fn for every entry, reading them in batches.
+// ForEachAffinity calls fn for every entry, read in place.
 func (k *Kernel) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
-	return k.eachAffinity(func(key loader.TetherAffinityKey, a loader.TetherAffinityValue) {
-		fn(decodeAffinityKey(key), decodeAffinity(a))
-	})
+	k.affinity.each(fn)
+	return nil
 }
 
 // AffinityCount returns the number of entries.
 func (k *Kernel) AffinityCount() (int, error) {
-	count := 0
-	err := k.eachAffinity(func(loader.TetherAffinityKey, loader.TetherAffinityValue) { count++ })
-	return count, err
+	return k.affinity.count(), nil
 }
 
 // Settings returns the datapath's switches.

@@ -149,14 +149,16 @@ type Outcome = loader.TetherOutcome
 
 // Limits are the sizes the maps were created with.
 type Limits struct {
-	MaxVIPs     uint32
-	TableStride uint32
-	MaxBackends uint32
+	MaxVIPs         uint32
+	TableStride     uint32
+	MaxBackends     uint32
+	AffinityBuckets uint32
 }
 
 // LimitsOf returns the limits of maps loaded with opts.
 func LimitsOf(opts loader.Options) Limits {
-	return Limits{MaxVIPs: opts.MaxVIPs, TableStride: opts.TableStride, MaxBackends: opts.MaxBackends}
+	return Limits{MaxVIPs: opts.MaxVIPs, TableStride: opts.TableStride, MaxBackends: opts.MaxBackends,
+		AffinityBuckets: loader.AffinityBuckets(opts.AffinityCapacity)}
 }
 
 // Counter slots: one global, one per VIP, one per backend.
@@ -338,22 +340,6 @@ func decodeBackend(b loader.TetherBackend) Backend {
 		Addr:       bytesAddr(b.Addr, b.Family),
 		State:      BackendState(b.State),
 	}
-}
-
-func encodeAffinityKey(k AffinityKey) loader.TetherAffinityKey {
-	return loader.TetherAffinityKey{VipId: k.VIPID, Client: k.Client}
-}
-
-func decodeAffinityKey(k loader.TetherAffinityKey) AffinityKey {
-	return AffinityKey{VIPID: k.VipId, Client: k.Client}
-}
-
-func encodeAffinity(a Affinity) loader.TetherAffinityValue {
-	return loader.TetherAffinityValue{BackendId: uint32(a.Backend), Generation: a.Generation, LastSeenNs: a.LastSeen}
-}
-
-func decodeAffinity(a loader.TetherAffinityValue) Affinity {
-	return Affinity{Backend: BackendID(a.BackendId), Generation: a.Generation, LastSeen: a.LastSeenNs}
 }
 
 func encodeSettings(s Settings) loader.TetherLbSettings {

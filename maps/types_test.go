@@ -71,7 +71,7 @@ func hexColons(s string) string {
 }
 
 func TestReplaceTableFlipsSlotAndAlias(t *testing.T) {
-	m := NewFake(Limits{MaxVIPs: 4, TableStride: 7, MaxBackends: 8})
+	m := NewFake(Limits{MaxVIPs: 4, TableStride: 7, MaxBackends: 8, AffinityBuckets: 16})
 	key := VIPKey{Addr: netip.MustParseAddr("198.18.1.1"), Port: 80, Proto: TCP}
 	if err := ReplaceTable(m, key, []BackendID{1}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("replacing the table of a missing VIP: %v, want ErrNotFound", err)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -123,12 +124,22 @@ func newBenchDatapath(opts loader.Options, fams []family, backendMAC, sourceMAC 
 	if err != nil {
 		return nil, err
 	}
-	b := &benchDatapath{Datapath: dp, kernel: maps.NewKernel(&dp.Maps, maps.LimitsOf(opts)), families: fams}
-	if err := b.install(backendMAC, sourceMAC); err != nil {
+	kernel, err := maps.NewKernel(&dp.Maps, maps.LimitsOf(opts))
+	if err != nil {
 		dp.Close()
 		return nil, err
 	}
+	b := &benchDatapath{Datapath: dp, kernel: kernel, families: fams}
+	if err := b.install(backendMAC, sourceMAC); err != nil {
+		b.Close()
+		return nil, err
+	}
 	return b, nil
+}
+
+// Close unmaps the affinity table and closes the program and maps.
+func (b *benchDatapath) Close() error {
+	return errors.Join(b.kernel.Close(), b.Datapath.Close())
 }
 
 func (b *benchDatapath) install(backendMAC, sourceMAC net.HardwareAddr) error {
@@ -177,8 +188,6 @@ func (b *benchDatapath) pointBackends(backendMAC, sourceMAC net.HardwareAddr) er
 }
 
 // affinityBatch is how many entries one update syscall writes.
-const affinityBatch = 1 << 16
-
 // fillAffinity pins every client of every family to the backend Maglev
 // gives it, as the datapath itself would have.
 func (b *benchDatapath) fillAffinity() error {
@@ -186,32 +195,17 @@ func (b *benchDatapath) fillAffinity() error {
 	if err != nil {
 		return err
 	}
-	keys := make([]loader.TetherAffinityKey, 0, affinityBatch)
-	values := make([]loader.TetherAffinityValue, 0, affinityBatch)
-	flush := func() error {
-		if len(keys) == 0 {
-			return nil
-		}
-		if _, err := b.Maps.Affinity.BatchUpdate(keys, values, nil); err != nil {
-			return fmt.Errorf("writing %d affinity entries: %w", len(keys), err)
-		}
-		keys, values = keys[:0], values[:0]
-		return nil
-	}
 	for _, f := range b.families {
 		for n := range f.Clients.Count {
 			client := maps.ClientKey(f.clientAddr(n), f.prefixBits())
 			backend := b.table[maglev.ClientHash(benchSeed, client)%uint32(len(b.table))]
-			keys = append(keys, loader.TetherAffinityKey{VipId: f.VIPID, Client: client})
-			values = append(values, loader.TetherAffinityValue{BackendId: backend, Generation: 1, LastSeenNs: now})
-			if len(keys) == affinityBatch {
-				if err := flush(); err != nil {
-					return err
-				}
+			a := maps.Affinity{Backend: maps.BackendID(backend), Generation: 1, LastSeen: now}
+			if err := b.kernel.PutAffinity(maps.AffinityKey{VIPID: f.VIPID, Client: client}, a); err != nil {
+				return err
 			}
 		}
 	}
-	return flush()
+	return nil
 }
 
 // affinityTally is what the datapath's affinity lookups found.

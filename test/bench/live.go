@@ -46,6 +46,7 @@ type xdpMD struct {
 // LiveRow is one program in one attach mode, medians over rounds.
 type LiveRow struct {
 	Family      string
+	Burst       uint32 // frames each client sends in a row
 	Mode        loader.Mode
 	Program     string
 	Mpps        float64 // delivered frames per wall-clock second
@@ -61,14 +62,35 @@ type LiveResults struct {
 	Packets uint32 // frames per sample
 	Rounds  int
 	CPU     int
-	// HitRate is the share of tether's affinity lookups that hit, by family.
+	// HitRate is the share of tether's affinity lookups that hit, by
+	// family and burst (trafficName).
 	HitRate map[string]float64
 }
 
-// Row returns the row of program in mode for family, if measured.
-func (r *LiveResults) Row(familyName string, mode loader.Mode, program string) (LiveRow, bool) {
+// flowFrames is the burst of the flow-shaped traffic: the frames a client
+// sends towards the balancer for one long-polling request on a new
+// connection (SYN, ACK, request, two ACKs, FIN; with DSR the replies skip
+// the balancer).
+const flowFrames = 6
+
+// liveTraffic is a traffic shape: every frame another client (burst 1), or
+// flows of flowFrames frames per client. Only the first is run in generic
+// mode too.
+var liveTraffic = []uint32{1, flowFrames}
+
+// trafficName names a family's traffic of bursts of burst frames.
+func trafficName(familyName string, burst uint32) string {
+	if burst <= 1 {
+		return familyName
+	}
+	return fmt.Sprintf("%s, flows of %d", familyName, burst)
+}
+
+// Row returns the row of program in mode for family's traffic of bursts of
+// burst frames, if measured.
+func (r *LiveResults) Row(familyName string, burst uint32, mode loader.Mode, program string) (LiveRow, bool) {
 	for _, row := range r.Rows {
-		if row.Family == familyName && row.Mode == mode && row.Program == program {
+		if row.Family == familyName && row.Burst == burst && row.Mode == mode && row.Program == program {
 			return row, true
 		}
 	}
@@ -177,29 +199,39 @@ func measureLive(ctx context.Context, l *lab, bed *liveBed, dp *benchDatapath, f
 
 	type generator struct {
 		family family
+		burst  uint32
+		modes  []loader.Mode
 		prog   *ebpf.Program
 		frame  []byte
 	}
 	var generators []generator
 	for _, f := range dp.families {
-		position, err := newCounterMap("bench_gen_pos")
-		if err != nil {
-			return nil, err
+		for _, burst := range liveTraffic {
+			position, err := newCounterMap("bench_gen_pos")
+			if err != nil {
+				return nil, err
+			}
+			l.onTeardown("closing a generator's position", position.Close)
+			cycle := f.Clients
+			cycle.Burst = burst
+			prog, err := newRotatingGenerator(position, cycle)
+			if err != nil {
+				return nil, err
+			}
+			l.onTeardown("closing a generator", prog.Close)
+			modes := []loader.Mode{loader.ModeNative}
+			if burst == 1 {
+				modes = append(modes, loader.ModeGeneric)
+			}
+			generators = append(generators, generator{f, burst, modes, prog, synFrame(f, bed.dut0.HardwareAddr, bed.gen0.HardwareAddr)})
 		}
-		l.onTeardown("closing a generator's position", position.Close)
-		prog, err := newRotatingGenerator(position, f.Clients)
-		if err != nil {
-			return nil, err
-		}
-		l.onTeardown("closing a generator", prog.Close)
-		generators = append(generators, generator{f, prog, synFrame(f, bed.dut0.HardwareAddr, bed.gen0.HardwareAddr)})
 	}
 
 	wall, cpu := samples{}, samples{}
 	totals := map[string]liveSample{}
 	tallies := map[string]affinityTally{}
-	key := func(f family, mode loader.Mode, p liveProgram) string {
-		return fmt.Sprintf("%s/%s/%s", f.Name, mode, p.name)
+	key := func(g generator, mode loader.Mode, p liveProgram) string {
+		return fmt.Sprintf("%s/%s/%s", trafficName(g.family.Name, g.burst), mode, p.name)
 	}
 	for round := range rounds {
 		if err := ctx.Err(); err != nil {
@@ -207,9 +239,9 @@ func measureLive(ctx context.Context, l *lab, bed *liveBed, dp *benchDatapath, f
 		}
 		fmt.Fprintf(progress, "live veth round %d/%d\n", round+1, rounds)
 		for _, g := range generators {
-			for _, mode := range []loader.Mode{loader.ModeNative, loader.ModeGeneric} {
+			for _, mode := range g.modes {
 				for _, p := range programs {
-					k := key(g.family, mode, p)
+					k := key(g, mode, p)
 					before, err := dp.affinityTally()
 					if err != nil {
 						return nil, err
@@ -223,7 +255,8 @@ func measureLive(ctx context.Context, l *lab, bed *liveBed, dp *benchDatapath, f
 						if err != nil {
 							return nil, err
 						}
-						tallies[g.family.Name] = tallies[g.family.Name].plus(after.minus(before))
+						name := trafficName(g.family.Name, g.burst)
+						tallies[name] = tallies[name].plus(after.minus(before))
 					}
 					if s.delivered != s.sent {
 						return nil, fmt.Errorf("live run of %s: sent %d frames, %d arrived: the path drops frames and its rate would be wrong", k, s.sent, s.delivered)
@@ -241,12 +274,12 @@ func measureLive(ctx context.Context, l *lab, bed *liveBed, dp *benchDatapath, f
 
 	results := &LiveResults{Packets: packets, Rounds: rounds, CPU: bed.cpu, HitRate: map[string]float64{}}
 	for _, g := range generators {
-		for _, mode := range []loader.Mode{loader.ModeNative, loader.ModeGeneric} {
+		for _, mode := range g.modes {
 			for _, p := range programs {
-				k := key(g.family, mode, p)
+				k := key(g, mode, p)
 				low, high := cpu.spread(k)
 				results.Rows = append(results.Rows, LiveRow{
-					Family: g.family.Name, Mode: mode, Program: p.name,
+					Family: g.family.Name, Burst: g.burst, Mode: mode, Program: p.name,
 					Mpps: wall.median(k), NsPerPacket: cpu.median(k), Low: low, High: high,
 					Sent: totals[k].sent, Delivered: totals[k].delivered,
 				})

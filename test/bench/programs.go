@@ -126,13 +126,17 @@ func newL2ForwarderFloor(backend, self net.HardwareAddr) (*ebpf.Program, error) 
 	})
 }
 
-// clientCycle is a range of clients the rotating programs walk through, one
-// per frame: the frame's client word becomes Base + n, n = 0, 1, ...,
-// Count-1, 0, 1, ...
+// clientCycle is a range of clients the rotating programs walk through:
+// the frame's client word becomes Base + n, n = 0, 1, ..., Count-1, 0, 1,
+// ..., each n for Burst frames in a row (0 counts as 1).
 type clientCycle struct {
 	Base  uint32 // host order
 	Count uint32
+	Burst uint32
 }
+
+// frames is the length of the cycle in frames.
+func (c clientCycle) frames() uint32 { return c.Count * max(c.Burst, 1) }
 
 // newCounterMap makes the one-slot array a rotating program keeps its
 // position in.
@@ -156,12 +160,13 @@ func rotateClient(position *ebpf.Map, cycle clientCycle) asm.Instructions {
 		asm.LoadMapPtr(asm.R1, position.FD()),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "abort"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.DWord), // this frame's client
+		asm.LoadMem(asm.R7, asm.R0, 0, asm.DWord), // this frame's number
 		asm.Mov.Reg(asm.R8, asm.R7),
 		asm.Add.Imm(asm.R8, 1),
-		asm.JLT.Imm(asm.R8, int32(cycle.Count), "next"),
+		asm.JLT.Imm(asm.R8, int32(cycle.frames()), "next"),
 		asm.Mov.Imm(asm.R8, 0),
 		asm.StoreMem(asm.R0, 0, asm.R8, asm.DWord).WithSymbol("next"),
+		asm.Div.Imm(asm.R7, int32(max(cycle.Burst, 1))), // its client
 		// 32-bit add: the base wraps like the unsigned address word it is.
 		asm.Add.Imm32(asm.R7, int32(cycle.Base)),
 		asm.HostTo(asm.BE, asm.R7, asm.Word),

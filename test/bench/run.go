@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
@@ -20,11 +21,12 @@ import (
 
 // Config sizes a run.
 type Config struct {
-	Quick         bool   // smaller sizes, for a look rather than numbers
-	Rounds        int    // round-robin rounds of the packet benches
-	ProgRunRepeat uint32 // prog.Run repetitions per sample
-	LivePackets   uint32 // live frames per sample
-	Clients       uint32 // clients in the affinity map, both families
+	Quick         bool     // smaller sizes, for a look rather than numbers
+	Parts         []string // of Parts; empty: all of them
+	Rounds        int      // round-robin rounds of the packet benches
+	ProgRunRepeat uint32   // prog.Run repetitions per sample
+	LivePackets   uint32   // live frames per sample
+	Clients       uint32   // clients in the affinity map, both families
 	Conn          ConnConfig
 	Control       ControlConfig
 }
@@ -55,6 +57,15 @@ func QuickConfig() Config {
 	c.Control.Rounds, c.Control.HealthWindow, c.Control.HealthWarmup = 3, 3*time.Second, time.Second
 	c.Control.HealthKinds = []string{"tcp"}
 	return c
+}
+
+// Parts are the benchmark's parts, in the order they run: prog.Run, live
+// frames on veth (with the profile), connections and the control plane.
+var Parts = []string{"progrun", "live", "connections", "control"}
+
+// Runs reports whether part is to be measured.
+func (c Config) Runs(part string) bool {
+	return len(c.Parts) == 0 || slices.Contains(c.Parts, part)
 }
 
 // Results is everything one run measured, and what it could not.
@@ -116,38 +127,50 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (results *Results,
 		return results, err
 	}
 
-	if results.ProgRun, err = measureProgRun(ctx, dp, fl, cfg.ProgRunRepeat, cfg.Rounds, progress); err != nil {
-		if err := fail("prog.Run", err); err != nil {
-			return results, err
+	if cfg.Runs("progrun") {
+		if results.ProgRun, err = measureProgRun(ctx, dp, fl, cfg.ProgRunRepeat, cfg.Rounds, progress); err != nil {
+			if err := fail("prog.Run", err); err != nil {
+				return results, err
+			}
 		}
 	}
-	bed, err := newLiveBed(l)
-	if err != nil {
-		if err := fail("live veth", err); err != nil {
-			return results, err
-		}
-	} else {
-		if results.Live, err = measureLive(ctx, l, bed, dp, fl, cfg.LivePackets, cfg.Rounds, progress); err != nil {
+	if cfg.Runs("live") {
+		if err := measureLiveAndProfile(ctx, l, dp, fl, cfg, results, progress); err != nil {
 			if err := fail("live veth", err); err != nil {
 				return results, err
 			}
 		}
-		fmt.Fprintln(progress, "profiling the live native path")
-		if results.Profile, err = profileLive(l, bed, dp, fl, cfg.LivePackets, 2*cfg.ProgRunRepeat); err != nil {
-			if err := fail("live veth profile", err); err != nil {
+	}
+	if cfg.Runs("connections") {
+		if results.Connections, err = measureConnections(ctx, l, cfg.Conn, progress); err != nil {
+			if err := fail("connections", err); err != nil {
 				return results, err
 			}
 		}
 	}
-	if results.Connections, err = measureConnections(ctx, l, cfg.Conn, progress); err != nil {
-		if err := fail("connections", err); err != nil {
-			return results, err
-		}
-	}
-	if results.Control, err = measureControlPlane(l, dp, cfg.Control, progress); err != nil {
-		if err := fail("control plane", err); err != nil {
-			return results, err
+	if cfg.Runs("control") {
+		if results.Control, err = measureControlPlane(l, dp, cfg.Control, progress); err != nil {
+			if err := fail("control plane", err); err != nil {
+				return results, err
+			}
 		}
 	}
 	return results, nil
+}
+
+// measureLiveAndProfile is the live part: the round-robin rounds, then a
+// profile of the native path.
+func measureLiveAndProfile(ctx context.Context, l *lab, dp *benchDatapath, fl *floors, cfg Config, results *Results, progress io.Writer) error {
+	bed, err := newLiveBed(l)
+	if err != nil {
+		return err
+	}
+	if results.Live, err = measureLive(ctx, l, bed, dp, fl, cfg.LivePackets, cfg.Rounds, progress); err != nil {
+		return err
+	}
+	fmt.Fprintln(progress, "profiling the live native path")
+	if results.Profile, err = profileLive(l, bed, dp, fl, cfg.LivePackets, 2*cfg.ProgRunRepeat); err != nil {
+		return fmt.Errorf("profiling: %w", err)
+	}
+	return nil
 }

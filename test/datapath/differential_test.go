@@ -288,10 +288,8 @@ func (g *generator) install(m maps.Maps) error {
 			return err
 		}
 	}
-	for key, a := range g.pins {
-		if err := m.PutAffinity(key, a); err != nil {
-			return err
-		}
+	if err := putPins(m, g.pins); err != nil {
+		return err
 	}
 	return m.PutSettings(g.settings)
 }

@@ -328,7 +328,6 @@ func TestAffinity(t *testing.T) {
 		{"entry stamped too far in the future", 2, 1, -10 * time.Second, loader.TetherAffinityEventAFFINITY_EXPIRED},
 		{"generation mismatch", 2, 7, time.Second, loader.TetherAffinityEventAFFINITY_STALE},
 		{"down backend", 4, 1, time.Second, loader.TetherAffinityEventAFFINITY_STALE},
-		{"backend 0", 0, 0, time.Second, loader.TetherAffinityEventAFFINITY_STALE},
 		{"backend id past the array", 63, 0, time.Second, loader.TetherAffinityEventAFFINITY_STALE},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -70,19 +70,14 @@ func FuzzDatapath(f *testing.F) {
 
 // fuzzOptions are smaller than testOptions where a fuzz input's cost grows
 // with size: every counter slot is read after each input. The affinity
-// capacity is set by newFuzzHarness.
-var fuzzOptions = loader.Options{MaxVIPs: 4, TableStride: 257, MaxBackends: 16, MaxTxPorts: 8}
+// table has 3 buckets (12 ways): an input's pins and inserts fill buckets
+// and evict, and the model must evict the same entries.
+var fuzzOptions = loader.Options{MaxVIPs: 4, TableStride: 257, MaxBackends: 16, AffinityCapacity: 4, MaxTxPorts: 8}
 
-// newFuzzHarness is a harness over fuzzOptions, with an affinity map of a
-// few thousand entries instead of 65536: reading an LRU hash walks all its
-// buckets, and the fuzzer reads it twice per input. The capacity leaves
-// every CPU's LRU free list (up to 128 nodes each) room, so nothing is
-// evicted early.
+// newFuzzHarness is a harness over fuzzOptions.
 func newFuzzHarness(tb testing.TB) *harness {
 	tb.Helper()
-	opts := fuzzOptions
-	opts.AffinityCapacity = uint32(max(4096, 256*ebpf.MustPossibleCPU()))
-	return newHarnessWith(tb, opts)
+	return newHarnessWith(tb, fuzzOptions)
 }
 
 // newHarnessWith is newHarness with maps sized by opts.
@@ -95,11 +90,16 @@ func newHarnessWith(tb testing.TB, opts loader.Options) *harness {
 	}
 	tb.Cleanup(func() { dp.Close() })
 	limits := maps.LimitsOf(opts)
+	kernel, err := maps.NewKernel(&dp.Maps, limits)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { kernel.Close() })
 	fake := maps.NewFake(limits)
 	return &harness{
 		t:      tb,
 		dp:     dp,
-		kernel: maps.NewKernel(&dp.Maps, limits),
+		kernel: kernel,
 		fake:   fake,
 		model:  &model.Datapath{Maps: fake, IngressIfindex: loIfindex},
 	}
@@ -129,7 +129,7 @@ func TestDatapathSeedsCoverEveryOutcome(t *testing.T) {
 		}
 	}
 	for event := range loader.TetherAffinityEventAFFINITY_EVENT_MAX {
-		// Only a full LRU map fails an insert; the model never fills.
+		// An insert fails only when another CPU writes the same way.
 		if event != loader.TetherAffinityEventAFFINITY_INSERT_FAILED && events&(1<<event) == 0 {
 			t.Errorf("no seed causes affinity event %d", event)
 		}
@@ -512,12 +512,7 @@ func writeFuzzState(m maps.Maps, s fuzzState, previous *fuzzState) error {
 			return err
 		}
 	}
-	for key, a := range s.pins {
-		if err := m.PutAffinity(key, a); err != nil {
-			return err
-		}
-	}
-	return nil
+	return putPins(m, s.pins)
 }
 
 func (s *fuzzState) vipEntry(key maps.VIPKey) (maps.VIP, bool) {
@@ -540,57 +535,20 @@ func ignoreNotFound(err error) error {
 	return err
 }
 
-// deleteAffinities empties the affinity maps: the kernel's in one batch.
+// deleteAffinities empties the kernel's affinity table and the model's.
 func (fz *datapathFuzzer) deleteAffinities() error {
-	entries, err := fz.kernelAffinities()
-	if err != nil {
-		return err
-	}
-	if len(entries) > 0 {
-		keys := make([]loader.TetherAffinityKey, 0, len(entries))
-		for key := range entries {
-			keys = append(keys, loader.TetherAffinityKey{VipId: key.VIPID, Client: key.Client})
-		}
-		if _, err := fz.h.dp.Maps.Affinity.BatchDelete(keys, nil); err != nil {
-			return fmt.Errorf("deleting affinity entries: %w", err)
-		}
-	}
-	modelEntries, err := fz.h.fake.Affinities()
-	if err != nil {
-		return err
-	}
-	for key := range modelEntries {
-		if err := fz.h.fake.DeleteAffinity(key); err != nil {
+	for _, m := range []maps.Maps{fz.h.kernel, fz.h.fake} {
+		entries, err := m.Affinities()
+		if err != nil {
 			return err
+		}
+		for key := range entries {
+			if err := m.DeleteAffinity(key); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
-}
-
-// fuzzAffinityBatch bounds the affinity entries one input can hold: its
-// pins and the one the packet writes, with room to spare.
-const fuzzAffinityBatch = 64
-
-// kernelAffinities reads the kernel's affinity entries in one batch;
-// maps.Kernel.Affinities allocates buffers sized for a million clients.
-func (fz *datapathFuzzer) kernelAffinities() (map[maps.AffinityKey]maps.Affinity, error) {
-	keys := make([]loader.TetherAffinityKey, fuzzAffinityBatch)
-	values := make([]loader.TetherAffinityValue, fuzzAffinityBatch)
-	out := map[maps.AffinityKey]maps.Affinity{}
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := fz.h.dp.Maps.Affinity.BatchLookup(&cursor, keys, values, nil)
-		for i := range n {
-			out[maps.AffinityKey{VIPID: keys[i].VipId, Client: keys[i].Client}] = maps.Affinity{
-				Backend: maps.BackendID(values[i].BackendId), Generation: values[i].Generation, LastSeen: values[i].LastSeenNs}
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading affinity entries: %w", err)
-		}
-	}
 }
 
 // counterWords is one CPU's struct lb_counters as the words it is made
@@ -640,7 +598,7 @@ func (fz *datapathFuzzer) kernelCounters() ([]maps.Counters, error) {
 // one per counter slot: every affinity entry and every counter slot,
 // kernel against model.
 func (fz *datapathFuzzer) compareState() error {
-	got, err := fz.kernelAffinities()
+	got, err := fz.h.kernel.Affinities()
 	if err != nil {
 		return err
 	}
@@ -766,5 +724,27 @@ func datapathSeeds() []datapathSeed {
 			seeds = append(seeds, datapathSeed{state: state, frame: f})
 		}
 	}
-	return seeds
+	return append(seeds, evictionSeed())
+}
+
+// evictionSeed is the fixture's VIPs and backends with the bucket of a new
+// client of VIP id 0 full of other clients' fresh entries: its insert
+// evicts one.
+func evictionSeed() datapathSeed {
+	newClient := netip.MustParseAddr("198.18.2.20")
+	buckets := loader.AffinityBuckets(fuzzOptions.AffinityCapacity)
+	target := maps.AffinityBucket(buckets, maps.AffinityKey{VIPID: 0, Client: maps.ClientKey(newClient, 32)})
+	vipsAndBackends := fixtureSeedState[:len(fixtureSeedState)-17]
+	state := append(slices.Clone(vipsAndBackends), byte(maps.AffinityWays))
+	pins := 0
+	// Pins of VIP bytes >= 0xf0 are of VIP ids missing from the state,
+	// with prefix 0: one zero client key per id. They only fill buckets.
+	// Backend byte 1 is backend 1; detail 4 is generation 0, seen 3 s ago.
+	for vipByte := 0xf0; vipByte <= 0xff && pins < maps.AffinityWays; vipByte++ {
+		if maps.AffinityBucket(buckets, maps.AffinityKey{VIPID: uint32(vipByte)}) == target {
+			state = append(state, byte(vipByte), 0, 1, 4)
+			pins++
+		}
+	}
+	return datapathSeed{state: state, frame: frame(newClient, vip4)}
 }

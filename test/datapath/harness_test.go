@@ -5,10 +5,12 @@ package datapath
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -45,21 +47,7 @@ type harness struct {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
-	testenv.RequireBPF(t)
-	dp, err := loader.Load(testOptions)
-	if err != nil {
-		t.Fatalf("loading datapath: %v", err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	limits := maps.LimitsOf(testOptions)
-	fake := maps.NewFake(limits)
-	return &harness{
-		t:      t,
-		dp:     dp,
-		kernel: maps.NewKernel(&dp.Maps, limits),
-		fake:   fake,
-		model:  &model.Datapath{Maps: fake, IngressIfindex: loIfindex},
-	}
+	return newHarnessWith(t, testOptions)
 }
 
 // apply makes the same change to the real maps and to the model's.
@@ -239,4 +227,25 @@ func ifindex(name string) (uint32, error) {
 		return 0, fmt.Errorf("looking up %s: %w", name, err)
 	}
 	return uint32(iface.Index), nil
+}
+
+// putPins writes affinity entries in one order, the same for the kernel and
+// the model, so that both evict the same ones from a full bucket. Pins to
+// backend 0 are left out: an entry cannot name no backend.
+func putPins(m maps.Maps, pins map[maps.AffinityKey]maps.Affinity) error {
+	keys := make([]maps.AffinityKey, 0, len(pins))
+	for key, a := range pins {
+		if a.Backend != 0 {
+			keys = append(keys, key)
+		}
+	}
+	slices.SortFunc(keys, func(a, b maps.AffinityKey) int {
+		return cmp.Or(cmp.Compare(a.VIPID, b.VIPID), bytes.Compare(a.Client[:], b.Client[:]))
+	})
+	for _, key := range keys {
+		if err := m.PutAffinity(key, pins[key]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

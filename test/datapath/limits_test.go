@@ -94,11 +94,10 @@ func backendAddr(n int) netip.Addr {
 }
 
 // TestAffinityMapFull sends eight times as many clients as the affinity
-// map holds. The LRU map evicts the least recently used entries: it never
-// holds more than its capacity, no insert fails, every packet is still
-// forwarded, and an evicted client that comes back gets the backend it
-// had, chosen again by Maglev. Evictions are not counted by the program:
-// they are the inserts counted minus the entries left.
+// table is sized for. Full buckets evict their least recently seen entry:
+// the table never holds more than its ways, no insert fails, every evicted
+// fresh entry is counted, every packet is still forwarded, and an evicted
+// client that comes back gets the backend it had, chosen again by Maglev.
 func TestAffinityMapFull(t *testing.T) {
 	const capacity = 1024
 	opts := testOptions
@@ -121,12 +120,17 @@ func TestAffinityMapFull(t *testing.T) {
 	}
 	inserts := global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT]
 	failed := global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT_FAILED]
-	t.Logf("%d clients, capacity %d: %d entries left, %d inserts, %d failed inserts, %d evicted", clients, capacity, entries, inserts, failed, inserts-uint64(entries))
-	if entries > capacity || entries < capacity/2 {
-		t.Errorf("affinity map holds %d entries, want between %d and its capacity %d", entries, capacity/2, capacity)
+	evicted := global.Affinity[loader.TetherAffinityEventAFFINITY_EVICT]
+	ways := int(loader.AffinityBuckets(capacity)) * maps.AffinityWays
+	t.Logf("%d clients, capacity %d (%d ways): %d entries left, %d inserts, %d failed inserts, %d evicted", clients, capacity, ways, entries, inserts, failed, evicted)
+	if entries > ways || entries < capacity {
+		t.Errorf("affinity table holds %d entries, want between its capacity %d and its %d ways", entries, capacity, ways)
 	}
 	if inserts != uint64(clients) || failed != 0 {
-		t.Errorf("%d inserts and %d failed inserts counted, want %d and 0: the LRU map evicts instead of failing", inserts, failed, clients)
+		t.Errorf("%d inserts and %d failed inserts counted, want %d and 0: a full bucket evicts instead of failing", inserts, failed, clients)
+	}
+	if evicted != inserts-uint64(entries) {
+		t.Errorf("%d evictions counted, want inserts - entries = %d", evicted, inserts-uint64(entries))
 	}
 	if global.Packets[forwardTX] != uint64(clients) {
 		t.Errorf("%d of %d packets forwarded", global.Packets[forwardTX], clients)

@@ -233,7 +233,7 @@ func fresh(now, stamp, timeout uint64) bool {
 
 func (d *Datapath) maglevBackend(vip maps.VIP, hash uint32) maps.BackendID {
 	limits := d.Maps.Limits()
-	if vip.ID >= limits.MaxVIPs || vip.TableSize == 0 || vip.TableSize > limits.TableStride {
+	if vip.TableSize == 0 || vip.TableSize > limits.TableStride {
 		return 0
 	}
 	// The C computes the index in 32 bits.
@@ -294,6 +294,9 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 		return int(loader.TetherOutcomeOUTCOME_PASS_NOT_VIP)
 	}
 	res.VIPID = vip.ID
+	if vip.ID >= d.Maps.Limits().MaxVIPs {
+		return noBackend(vip)
+	}
 
 	key := clientKey(&pkt, vip)
 	res.AffinityKey = key
@@ -323,10 +326,17 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 	if !ok || !be.State.Usable() {
 		return noBackend(vip)
 	}
-	_ = d.Maps.PutAffinity(key, maps.Affinity{Backend: id, Generation: be.Generation, LastSeen: now})
-	res.AffinityWritten = true
-	res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_INSERT
 	res.Backend = id
+	replaced, evicted, err := d.Maps.InsertAffinity(key, maps.Affinity{Backend: id, Generation: be.Generation, LastSeen: now})
+	if evicted && fresh(now, replaced.LastSeen, uint64(vip.AffinityTimeout)) {
+		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_EVICT
+	}
+	if err != nil {
+		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_INSERT_FAILED
+	} else {
+		res.AffinityWritten = true
+		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_INSERT
+	}
 	return d.forward(frame, be)
 }
 

@@ -349,7 +349,15 @@ func requireWholeTable(t *testing.T, d *tetherd.Daemon, vip string) {
 		t.Fatal(err)
 	}
 	defer pinned.Maglev.Close()
-	m := maps.NewKernel(&pinned, maps.LimitsOf(loader.DefaultOptions()))
+	if pinned.Affinity, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapAffinity), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Affinity.Close()
+	m, err := maps.NewKernel(&pinned, maps.LimitsOf(loader.DefaultOptions()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
 	ap := netip.MustParseAddrPort(vip)
 	info, err := m.VIP(maps.VIPKey{Addr: ap.Addr(), Port: ap.Port(), Proto: maps.TCP})
 	if err != nil {

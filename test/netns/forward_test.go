@@ -128,7 +128,11 @@ func TestStickyForwarding(t *testing.T) {
 		t.Fatalf("attached in %s mode, want native", mode)
 	}
 
-	m := maps.NewKernel(&dp.Maps, maps.LimitsOf(opts))
+	m, err := maps.NewKernel(&dp.Maps, maps.LimitsOf(opts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
 	var set []maglev.Backend
 	for i, b := range net.Backends {
 		id := maps.BackendID(i + 1)

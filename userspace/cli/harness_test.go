@@ -50,7 +50,7 @@ func startDaemon(t *testing.T, allowGID int) *daemon {
 	t.Helper()
 	dir := t.TempDir()
 	statePath := filepath.Join(dir, "state", "state.json")
-	fake := maps.NewFake(maps.Limits{MaxVIPs: 8, TableStride: 257, MaxBackends: 64})
+	fake := maps.NewFake(maps.Limits{MaxVIPs: 8, TableStride: 257, MaxBackends: 64, AffinityBuckets: 1024})
 	d, err := control.New(control.Options{
 		Maps:           fake,
 		Resolver:       fakeResolver{},

@@ -195,7 +195,11 @@ func run(c *cli.Context) error {
 	if adopted {
 		log.Info("adopted pinned maps: forwarding state kept", "pins", pinDir)
 	}
-	m := maps.NewKernel(&dp.Maps, maps.LimitsOf(dp.Options))
+	m, err := maps.NewKernel(&dp.Maps, maps.LimitsOf(dp.Options))
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 
 	var daemon *control.Daemon
 	checker := health.NewScheduler(c.Int("check-workers"), func(r health.Result) { daemon.HealthResult(r) })

@@ -33,7 +33,7 @@ func requireOneLine(t *testing.T, what string, err error) {
 
 // fuzzLimits are small datapath limits: a config or API call that fits
 // them costs little to apply.
-var fuzzLimits = maps.Limits{MaxVIPs: 16, TableStride: 257, MaxBackends: 64}
+var fuzzLimits = maps.Limits{MaxVIPs: 16, TableStride: 257, MaxBackends: 64, AffinityBuckets: 1024}
 
 // FuzzParseConfig feeds any bytes to ParseConfig and Config.Merge, over an
 // empty state and over one with CLI entries. Neither may panic; every

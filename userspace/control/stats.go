@@ -37,6 +37,7 @@ var AffinityEventNames = [loader.TetherAffinityEventAFFINITY_EVENT_MAX]string{
 	loader.TetherAffinityEventAFFINITY_STALE:         "stale",
 	loader.TetherAffinityEventAFFINITY_INSERT:        "insert",
 	loader.TetherAffinityEventAFFINITY_INSERT_FAILED: "insert_failed",
+	loader.TetherAffinityEventAFFINITY_EVICT:         "evicted",
 }
 
 // CounterSet is one counter slot with named fields; zero counters are left

@@ -23,7 +23,7 @@ const (
 // testLimits give every VIP a default table of 4099 slots (the largest
 // prime not above the stride): big enough for share and disruption bounds
 // of a percent, small enough to keep the tests fast.
-var testLimits = maps.Limits{MaxVIPs: 8, TableStride: 4100, MaxBackends: 32}
+var testLimits = maps.Limits{MaxVIPs: 8, TableStride: 4100, MaxBackends: 32, AffinityBuckets: 4096}
 
 var (
 	ingressMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0xfe}

@@ -112,7 +112,7 @@ func newCollector(m maps.Maps, source Source, log *slog.Logger, affinityCapacity
 		affinityEvents:  desc("tether_affinity_events_total", "Affinity table lookups and writes, by event.", "event"),
 		vipAffinity:     desc("tether_vip_affinity_events_total", "Affinity table lookups and writes of a VIP, by event.", "vip", "event"),
 		affinityEntries: desc("tether_affinity_entries", "Clients in the affinity table."),
-		affinityCap:     desc("tether_affinity_capacity", "Clients the affinity table can hold before evicting."),
+		affinityCap:     desc("tether_affinity_capacity", "Clients the affinity table is sized for; near it, inserts start to evict (affinity event evicted)."),
 		backendState:    desc("tether_backend_state", "1 for the backend's datapath state.", "vip", "backend", "state"),
 		backendWeight:   desc("tether_backend_weight", "The backend's weight.", "vip", "backend"),
 		backendHealthy:  desc("tether_backend_healthy", "1 if the backend's health checks pass (or it has none).", "vip", "backend"),

@@ -21,7 +21,7 @@ type inventory control.Inventory
 func (i inventory) Inventory() control.Inventory { return control.Inventory(i) }
 
 func testSource() (*maps.Fake, inventory) {
-	limits := maps.Limits{MaxVIPs: 4, TableStride: 7, MaxBackends: 8}
+	limits := maps.Limits{MaxVIPs: 4, TableStride: 7, MaxBackends: 8, AffinityBuckets: 64}
 	m := maps.NewFake(limits)
 	_ = m.PutSettings(maps.Settings{Active: true})
 	m.UpdateCounters(maps.GlobalSlot, func(c *maps.Counters) {

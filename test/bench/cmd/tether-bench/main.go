@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -26,6 +27,7 @@ func main() {
 	out := flag.String("out", "bench-results.md", "results file (markdown)")
 	tether := flag.String("tether", "bin/tether", "tether binary for the connection bench (make build)")
 	quick := flag.Bool("quick", false, "small sizes: checks the benchmark works in about a minute, rough numbers")
+	parts := flag.String("parts", strings.Join(bench.Parts, ","), "comma-separated parts to measure")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "tether-bench needs root: it loads BPF programs and builds network namespaces")
@@ -41,6 +43,13 @@ func main() {
 		cfg = bench.QuickConfig()
 	}
 	cfg.Conn.TetherBinary = *tether
+	for _, part := range strings.Split(*parts, ",") {
+		if !slices.Contains(bench.Parts, part) {
+			fmt.Fprintf(os.Stderr, "unknown part %q in -parts, expected some of %s\n", part, strings.Join(bench.Parts, ","))
+			os.Exit(2)
+		}
+		cfg.Parts = append(cfg.Parts, part)
+	}
 	cfg.Control.ChildExecutable = self
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* The affinity table: the backend each client of each VIP is pinned to.
+ *
+ * A set-associative cache in a BPF array (maps.h). A client's bucket comes
+ * from the Murmur hash of its key seeded by its VIP (affinity_seed), not by
+ * the Maglev seed, so a new Maglev seed leaves every entry where it is. The
+ * client may sit in any of the bucket's AFFINITY_WAYS entries; a lookup
+ * reads that one bucket, where a hash map walks a chain of random elements.
+ *
+ * An insert reuses the client's own entry if it has one, else takes the
+ * first empty way, else the way seen least recently (the first of equals):
+ * the table evicts like an LRU, bucket by bucket.
+ *
+ * CPUs share the table without locks. A writer claims a way by swapping its
+ * route for ROUTE_BUSY (compare-and-swap: of two writers only one wins), then
+ * writes the client and the time and publishes the route last. A reader
+ * accepts an entry only when the route it read before comparing the client
+ * is still there after: it never pairs one client's address with another's
+ * route. The daemon clears entries with the same compare-and-swap. */
+#ifndef TETHER_AFFINITY_H
+#define TETHER_AFFINITY_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "structs.h"
+#include "maps.h"
+
+/* A claimed way: vip_id 0xffff is never a VIP (max_vips <= 0xffff). */
+#define ROUTE_BUSY (~0ULL)
+
+#define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
+#define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
+
+static __always_inline __u64 route_make(__u32 vip_id, __u32 backend_id,
+					__u32 generation)
+{
+	return (__u64)(vip_id & 0xffff) | (__u64)(backend_id & 0xffff) << 16 |
+	       (__u64)generation << 32;
+}
+
+static __always_inline __u32 route_vip(__u64 route)
+{
+	return route & 0xffff;
+}
+
+static __always_inline __u32 route_backend(__u64 route)
+{
+	return (route >> 16) & 0xffff;
+}
+
+static __always_inline __u32 route_generation(__u64 route)
+{
+	return route >> 32;
+}
+
+/* The bucket hash's seed: one per VIP, so a client of two VIPs has two
+ * independent buckets. */
+static __always_inline __u32 affinity_seed(__u32 vip_id)
+{
+	return (vip_id + 1) * 0x9e3779b1U;
+}
+
+/* Multiply-shift maps the hash onto [0, affinity_buckets) without a
+ * division, for any bucket count. */
+static __always_inline struct affinity_bucket *affinity_bucket_of(__u32 hash)
+{
+	__u32 index = ((__u64)hash * affinity_buckets) >> 32;
+
+	return bpf_map_lookup_elem(&affinity, &index);
+}
+
+static __always_inline int same_client(const struct affinity_entry *e,
+				       const __u8 *client)
+{
+	const __u32 *a = (const __u32 *)e->client;
+	const __u32 *b = (const __u32 *)client;
+
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
+/* The client's entry in bucket b and its route, or NULL. */
+static __always_inline struct affinity_entry *
+affinity_find(struct affinity_bucket *b, __u32 vip_id, const __u8 *client,
+	      __u64 *route)
+{
+#pragma unroll
+	for (int w = 0; w < AFFINITY_WAYS; w++) {
+		struct affinity_entry *e = &b->way[w];
+		__u64 r = READ_ONCE_U64(e->route);
+
+		if (r == 0 || route_vip(r) != vip_id || !same_client(e, client))
+			continue;
+		if (READ_ONCE_U64(e->route) != r)
+			continue;
+		*route = r;
+		return e;
+	}
+	return NULL;
+}
+
+/* The way an insert of a client without an entry takes, and its route. */
+static __always_inline struct affinity_entry *
+affinity_victim(struct affinity_bucket *b, __u64 *route)
+{
+	struct affinity_entry *victim = &b->way[0];
+
+#pragma unroll
+	for (int w = 0; w < AFFINITY_WAYS; w++) {
+		struct affinity_entry *e = &b->way[w];
+
+		if (READ_ONCE_U64(e->route) == 0) {
+			*route = 0;
+			return e;
+		}
+		if (e->last_seen_ns < victim->last_seen_ns)
+			victim = e;
+	}
+	*route = READ_ONCE_U64(victim->route);
+	return victim;
+}
+
+/* Writes the client's route into e, which held `seen`. Fails (returns
+ * nonzero) if another writer changed e first. */
+static __always_inline int affinity_write(struct affinity_entry *e, __u64 seen,
+					  const __u8 *client, __u64 route,
+					  __u64 now)
+{
+	__u32 *dst = (__u32 *)e->client;
+	const __u32 *src = (const __u32 *)client;
+
+	if (seen == ROUTE_BUSY ||
+	    __sync_val_compare_and_swap(&e->route, seen, ROUTE_BUSY) != seen)
+		return -1;
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+	e->last_seen_ns = now;
+	asm volatile("" ::: "memory");
+	WRITE_ONCE_U64(e->route, route);
+	return 0;
+}
+
+#endif
