@@ -1,0 +1,128 @@
+package datapath
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-lb/tether/loader"
+	"github.com/tether-lb/tether/maps"
+	"github.com/tether-lb/tether/test/model"
+)
+
+// TestAffinityTableConcurrentWriters runs the program on every CPU at once
+// for 64 clients that share an affinity table of 3 buckets, so that CPUs
+// keep evicting and inserting into the same ways, while user space deletes
+// and rewrites entries in place. The Maglev table never changes, so every
+// packet must reach its client's Maglev backend: a reader that paired one
+// client's address with another's route would send it elsewhere. Every
+// entry left at the end must be a client's own.
+func TestAffinityTableConcurrentWriters(t *testing.T) {
+	cpus := runtime.NumCPU()
+	if cpus < 2 {
+		t.Skip("needs two CPUs to run the program concurrently")
+	}
+	opts := testOptions
+	opts.AffinityCapacity = 4
+	h := newHarnessWith(t, opts)
+	h.setupFixture()
+
+	const clients = 64
+	frames := make([][]byte, clients)
+	keys := make([]maps.AffinityKey, clients)
+	want := map[maps.AffinityKey]maps.BackendID{}
+	for i := range clients {
+		addr := netip.AddrFrom4([4]byte{198, 18, 2, byte(i)})
+		frames[i] = frame(addr, vip4)
+		keys[i] = maps.AffinityKey{VIPID: 0, Client: maps.ClientKey(addr, 32)}
+		// The model's answer on its own maps: Maglev's, as nothing is pinned.
+		want[keys[i]] = h.model.Run(frames[i], monotonicCoarse()).Backend
+	}
+
+	deadline := time.Now().Add(2 * time.Second)
+	var runs atomic.Uint64
+	errs := make(chan error, cpus+1)
+	var wg sync.WaitGroup
+	for cpu := range cpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- runOnCPU(cpu, func(rng *rand.Rand) error {
+				for time.Now().Before(deadline) {
+					i := rng.IntN(clients)
+					verdict, out, err := h.runKernel(frames[i])
+					if err != nil {
+						return err
+					}
+					if verdict != model.XDPTx || !bytes.Equal(out[:6], backendMAC(want[keys[i]])) {
+						return fmt.Errorf("client %d: verdict %d to MAC % x, want XDP_TX to backend %d", i, verdict, out[:6], want[keys[i]])
+					}
+					runs.Add(1)
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rewrites := 0
+		for time.Now().Before(deadline) {
+			key := keys[rewrites%clients]
+			if err := h.kernel.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
+				errs <- err
+				return
+			}
+			// A write that keeps losing its way to the program fails; a
+			// later one tries again.
+			_ = h.kernel.PutAffinity(key, maps.Affinity{Backend: want[key], Generation: 1, LastSeen: monotonicCoarse()})
+			rewrites++
+		}
+		errs <- nil
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	entries, err := h.kernel.Affinities()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, a := range entries {
+		if backend, ok := want[key]; !ok || a.Backend != backend {
+			t.Errorf("entry %+v -> backend %d, want one of the clients' own (%d, known %v)", key, a.Backend, backend, ok)
+		}
+	}
+	global, err := h.kernel.Counters(maps.GlobalSlot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d packets on %d CPUs, %d entries left; inserts %d, failed inserts (lost the way to another writer) %d, evictions %d",
+		runs.Load(), cpus, len(entries), global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT],
+		global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT_FAILED], global.Affinity[loader.TetherAffinityEventAFFINITY_EVICT])
+}
+
+// runOnCPU runs fn on a thread pinned to cpu.
+func runOnCPU(cpu int, fn func(*rand.Rand) error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pinning to CPU %d: %w", cpu, err)
+	}
+	return fn(rand.New(rand.NewPCG(uint64(cpu), 1)))
+}
