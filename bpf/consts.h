@@ -6,6 +6,9 @@
 /* IPv6 extension headers skipped before giving up on finding TCP/UDP. */
 #define MAX_IPV6_EXT_HEADERS 4
 
+/* Slots of each CPU's VIP cache (a power of two). */
+#define VIP_CACHE_SLOTS 16
+
 /* Entries per affinity bucket: 4 x 32 bytes, two cache lines. */
 #define AFFINITY_WAYS 4
 

@@ -21,6 +21,25 @@ struct {
 	__type(value, struct vip_info);
 } vips SEC(".maps");
 
+/* Single entry: bumped by the daemon after every change to `vips`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} vip_epoch SEC(".maps");
+
+/* Each CPU's copies of the VIP entries it saw last, by a hash of the key:
+ * an array lookup and a compare instead of a hash map lookup (jhash of 20
+ * bytes, a bucket walk, memcmp) per packet. See vip_lookup in tether.c. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VIP_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct vip_cache_entry);
+} vip_cache SEC(".maps");
+
 /* (vip_id * 2 + slot) * table_stride + hash % table_size -> backend_id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -27,6 +27,15 @@ struct vip_info {
 	__u8 pad;
 };
 
+/* A per-CPU copy of a VIP entry (vip_cache in maps.h), valid while the
+ * epoch it was copied under is vip_epoch's. */
+struct vip_cache_entry {
+	struct vip_key key;
+	__u32 pad;
+	__u64 epoch;
+	struct vip_info info;
+};
+
 struct backend {
 	__u8 mac[6];     /* destination MAC written into forwarded frames */
 	__u8 src_mac[6]; /* source MAC: the egress interface's own */

@@ -91,6 +91,43 @@ static __always_inline void client_key(__u8 *client, const struct packet *pkt,
 		dst[i] = src[i] & prefix_mask(prefix, i);
 }
 
+static __always_inline int same_vip_key(const struct vip_key *a,
+					const struct vip_key *b)
+{
+	const __u32 *x = (const __u32 *)a;
+	const __u32 *y = (const __u32 *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) |
+		(x[4] ^ y[4])) == 0;
+}
+
+/* The VIP entry of key: this CPU's copy if it was made under the current
+ * epoch, else the vips map's, copied for the next packets. The daemon bumps
+ * the epoch after it changes `vips`, so no copy outlives a change. A parsed
+ * key has a nonzero family, so the zeroed slots of a new cache never match. */
+static __always_inline struct vip_info *vip_lookup(const struct vip_key *key)
+{
+	const __u32 *addr = (const __u32 *)key->addr;
+	__u32 zero = 0, slot = (addr[3] ^ addr[3] >> 16 ^ key->port) & (VIP_CACHE_SLOTS - 1);
+	struct vip_cache_entry *copy = bpf_map_lookup_elem(&vip_cache, &slot);
+	__u64 *epoch = bpf_map_lookup_elem(&vip_epoch, &zero);
+	struct vip_info *vip;
+	__u64 current;
+
+	if (!copy || !epoch)
+		return bpf_map_lookup_elem(&vips, key);
+	current = READ_ONCE_U64(*epoch);
+	if (copy->epoch == current && same_vip_key(&copy->key, key))
+		return &copy->info;
+	vip = bpf_map_lookup_elem(&vips, key);
+	if (vip) {
+		copy->key = *key;
+		copy->info = *vip;
+		copy->epoch = current;
+	}
+	return vip;
+}
+
 static __always_inline int backend_usable(const struct backend *be)
 {
 	return be->state == BACKEND_UP || be->state == BACKEND_DRAINING;
@@ -166,7 +203,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	if (ret != PARSE_OK)
 		return ret;
 
-	vip = bpf_map_lookup_elem(&vips, &pkt.key);
+	vip = vip_lookup(&pkt.key);
 	if (!vip)
 		return pkt.fragment ? OUTCOME_PASS_FRAGMENT : OUTCOME_PASS_NOT_VIP;
 	res->vip_id = vip->vip_id;

@@ -23,8 +23,10 @@ const (
 	linkPin = "link"
 )
 
-// pinnedMaps are the maps adopted across daemon restarts and upgrades.
-var pinnedMaps = []string{TetherMapVips, TetherMapMaglev, TetherMapBackends, TetherMapAffinity, TetherMapTxPorts}
+// pinnedMaps are the maps adopted across daemon restarts and upgrades. The
+// VIP epoch goes with the VIPs: whoever changes them bumps it, whichever
+// program reads them.
+var pinnedMaps = []string{TetherMapVips, TetherMapVipEpoch, TetherMapMaglev, TetherMapBackends, TetherMapAffinity, TetherMapTxPorts}
 
 // ErrLayoutChanged means pinned maps were made by a tether whose map layout
 // differs from this one's. tether never recreates them silently: that would

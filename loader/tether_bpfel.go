@@ -104,6 +104,14 @@ const (
 	TetherOutcomeOUTCOME_MAX                    TetherOutcome = 18
 )
 
+type TetherVipCacheEntry struct {
+	_     structs.HostLayout
+	Key   TetherVipKey
+	Pad   uint32
+	Epoch uint64
+	Info  TetherVipInfo
+}
+
 type TetherVipFlag uint32
 
 const (
@@ -140,6 +148,8 @@ const (
 	TetherMapMaglev            = "maglev"
 	TetherMapSettings          = "settings"
 	TetherMapTxPorts           = "tx_ports"
+	TetherMapVipCache          = "vip_cache"
+	TetherMapVipEpoch          = "vip_epoch"
 	TetherMapVips              = "vips"
 	TetherProgTetherLb         = "tether_lb"
 	TetherVarAffinityBuckets   = "affinity_buckets"
@@ -207,6 +217,8 @@ type TetherMapSpecs struct {
 	Maglev   *ebpf.MapSpec `ebpf:"maglev"`
 	Settings *ebpf.MapSpec `ebpf:"settings"`
 	TxPorts  *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipCache *ebpf.MapSpec `ebpf:"vip_cache"`
+	VipEpoch *ebpf.MapSpec `ebpf:"vip_epoch"`
 	Vips     *ebpf.MapSpec `ebpf:"vips"`
 }
 
@@ -250,6 +262,8 @@ type TetherMaps struct {
 	Maglev   *ebpf.Map `ebpf:"maglev"`
 	Settings *ebpf.Map `ebpf:"settings"`
 	TxPorts  *ebpf.Map `ebpf:"tx_ports"`
+	VipCache *ebpf.Map `ebpf:"vip_cache"`
+	VipEpoch *ebpf.Map `ebpf:"vip_epoch"`
 	Vips     *ebpf.Map `ebpf:"vips"`
 }
 
@@ -261,6 +275,8 @@ func (m *TetherMaps) Close() error {
 		m.Maglev,
 		m.Settings,
 		m.TxPorts,
+		m.VipCache,
+		m.VipEpoch,
 		m.Vips,
 	)
 }

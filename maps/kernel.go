@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -17,34 +18,60 @@ type Kernel struct {
 	maps     *loader.TetherMaps
 	limits   Limits
 	affinity affinityTable // the affinity map, mapped into this process
-	mapped   []byte
+	vipEpoch *uint64       // the vip_epoch map's value, mapped
+	mapped   [][]byte
 }
 
 // NewKernel wraps loaded maps created with the given limits. It maps the
-// affinity table into this process, where entries are read and written in
-// place, as the datapath does; Close unmaps it.
+// affinity table and the VIP epoch into this process, where they are read
+// and written in place, as the datapath does; Close unmaps them.
 func NewKernel(m *loader.TetherMaps, limits Limits) (*Kernel, error) {
 	buckets := m.Affinity.MaxEntries()
 	if buckets != limits.AffinityBuckets {
 		return nil, fmt.Errorf("mapping the affinity table: it has %d buckets, the limits say %d", buckets, limits.AffinityBuckets)
 	}
-	size := int(buckets) * int(unsafe.Sizeof(loader.TetherAffinityBucket{}))
-	page := os.Getpagesize()
-	mapped, err := unix.Mmap(m.Affinity.FD(), 0, (size+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	k := &Kernel{maps: m, limits: limits}
+	table, err := k.mmap(m.Affinity, int(buckets)*int(unsafe.Sizeof(loader.TetherAffinityBucket{})))
 	if err != nil {
-		return nil, fmt.Errorf("mapping the affinity table (%d bytes): %w", size, err)
+		return nil, fmt.Errorf("mapping the affinity table: %w", err)
 	}
-	table := unsafe.Slice((*loader.TetherAffinityBucket)(unsafe.Pointer(unsafe.SliceData(mapped))), buckets)
-	return &Kernel{maps: m, limits: limits, affinity: affinityTable{buckets: table}, mapped: mapped}, nil
+	k.affinity.buckets = unsafe.Slice((*loader.TetherAffinityBucket)(table), buckets)
+	epoch, err := k.mmap(m.VipEpoch, 8)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("mapping the VIP epoch: %w", err), k.Close())
+	}
+	k.vipEpoch = (*uint64)(epoch)
+	return k, nil
 }
 
-// Close unmaps the affinity table. The maps stay open.
-func (k *Kernel) Close() error {
-	k.affinity = affinityTable{}
-	if err := unix.Munmap(k.mapped); err != nil {
-		return fmt.Errorf("unmapping the affinity table: %w", err)
+// mmap maps the first size bytes of an mmapable array map.
+func (k *Kernel) mmap(m *ebpf.Map, size int) (unsafe.Pointer, error) {
+	page := os.Getpagesize()
+	mapped, err := unix.Mmap(m.FD(), 0, (size+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap of %d bytes: %w", size, err)
 	}
-	return nil
+	k.mapped = append(k.mapped, mapped)
+	return unsafe.Pointer(unsafe.SliceData(mapped)), nil
+}
+
+// Close unmaps what NewKernel mapped. The maps stay open.
+func (k *Kernel) Close() error {
+	k.affinity, k.vipEpoch = affinityTable{}, nil
+	var errs []error
+	for _, mapped := range k.mapped {
+		if err := unix.Munmap(mapped); err != nil {
+			errs = append(errs, fmt.Errorf("unmapping a map: %w", err))
+		}
+	}
+	k.mapped = nil
+	return errors.Join(errs...)
+}
+
+// vipsChanged tells the datapath's per-CPU VIP caches that their copies
+// are out of date.
+func (k *Kernel) vipsChanged() {
+	atomic.AddUint64(k.vipEpoch, 1)
 }
 
 // Limits returns the sizes the maps were created with.
@@ -71,6 +98,7 @@ func (k *Kernel) PutVIP(key VIPKey, v VIP) error {
 	if err := k.maps.Vips.Put(encodeVIPKey(key), encodeVIP(v)); err != nil {
 		return fmt.Errorf("writing VIP %s: %w", key, err)
 	}
+	k.vipsChanged()
 	return nil
 }
 
@@ -79,6 +107,7 @@ func (k *Kernel) DeleteVIP(key VIPKey) error {
 	if err := k.maps.Vips.Delete(encodeVIPKey(key)); err != nil {
 		return fmt.Errorf("deleting VIP %s: %w", key, notFound(err))
 	}
+	k.vipsChanged()
 	return nil
 }
 

@@ -126,3 +126,43 @@ func runOnCPU(cpu int, fn func(*rand.Rand) error) error {
 	}
 	return fn(rand.New(rand.NewPCG(uint64(cpu), 1)))
 }
+
+// TestVIPChangeSeenOnEveryCPU warms every CPU's VIP cache, then changes
+// the VIP entries: the next packet on every CPU must follow the new entry,
+// as the model (which has no cache) does.
+func TestVIPChangeSeenOnEveryCPU(t *testing.T) {
+	h := newHarness(t)
+	h.setupFixture()
+	onEveryCPU := func(frame []byte, want maps.Outcome) {
+		t.Helper()
+		for cpu := range runtime.NumCPU() {
+			if err := runOnCPU(cpu, func(*rand.Rand) error {
+				res, err := h.compare(frame)
+				if err == nil && res.Outcome != want {
+					err = fmt.Errorf("outcome %d, want %d", res.Outcome, want)
+				}
+				return err
+			}); err != nil {
+				t.Fatalf("CPU %d: %v", cpu, err)
+			}
+		}
+	}
+	onEveryCPU(frame(client4, vip4), forwardTX)
+	onEveryCPU(frame(client6, vip6), forwardTX)
+
+	// No table, pass when no backend: a new client passes (client4 has an
+	// entry and keeps its backend). Then the VIP is gone.
+	h.apply(func(m maps.Maps) error {
+		vip, err := m.VIP(vip4)
+		if err != nil {
+			return err
+		}
+		vip.TableSize, vip.NoBackendPass = 0, true
+		return m.PutVIP(vip4, vip)
+	})
+	onEveryCPU(frame(netip.MustParseAddr("198.18.0.77"), vip4), passNoBackend)
+	h.apply(func(m maps.Maps) error { return m.DeleteVIP(vip4) })
+	onEveryCPU(frame(client4, vip4), passNotVIP)
+	// The other VIP is untouched.
+	onEveryCPU(frame(client6, vip6), forwardTX)
+}

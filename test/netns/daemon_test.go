@@ -353,6 +353,10 @@ func requireWholeTable(t *testing.T, d *tetherd.Daemon, vip string) {
 		t.Fatal(err)
 	}
 	defer pinned.Affinity.Close()
+	if pinned.VipEpoch, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapVipEpoch), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.VipEpoch.Close()
 	m, err := maps.NewKernel(&pinned, maps.LimitsOf(loader.DefaultOptions()))
 	if err != nil {
 		t.Fatal(err)
