@@ -2,14 +2,16 @@
 /* The affinity table: the backend each client of each VIP is pinned to.
  *
  * A set-associative cache in a BPF array (maps.h). A client's bucket comes
- * from the Murmur hash of its key seeded by its VIP (affinity_seed), not by
- * the Maglev seed, so a new Maglev seed leaves every entry where it is. The
+ * from affinity_hash of its key and VIP, which has no seed: a new Maglev
+ * seed leaves every entry where it is. The
  * client may sit in any of the bucket's AFFINITY_WAYS entries; a lookup
  * reads that one bucket, where a hash map walks a chain of random elements.
  *
  * An insert reuses the client's own entry if it has one, else takes the
  * first empty way, else the way seen least recently (the first of equals):
- * the table evicts like an LRU, bucket by bucket.
+ * the table evicts like an LRU, bucket by bucket. A way a writer holds is
+ * never a victim, so not even a writer that died holding one (the daemon
+ * killed in the middle of a write) blocks inserts into its bucket.
  *
  * CPUs share the table without locks. A writer claims a way by swapping its
  * route for ROUTE_BUSY (compare-and-swap: of two writers only one wins), then
@@ -53,11 +55,22 @@ static __always_inline __u32 route_generation(__u64 route)
 	return route >> 32;
 }
 
-/* The bucket hash's seed: one per VIP, so a client of two VIPs has two
- * independent buckets. */
-static __always_inline __u32 affinity_seed(__u32 vip_id)
+/* The bucket hash of {vip_id, client}: each 64-bit half of the key folded
+ * onto itself (a multiply carries bits only upwards, and an IPv6 /64 varies
+ * in the high bytes), the second mixed with the VIP, two independent
+ * multiplies, then a multiply-xorshift finalizer. It only spreads clients
+ * over one host's buckets, where Murmur3 (client_hash, kept for Maglev
+ * because every host must agree) is a chain of dependent multiplies three
+ * times as long, on every packet. */
+static __always_inline __u32 affinity_hash(__u32 vip_id, const __u8 *client)
 {
-	return (vip_id + 1) * 0x9e3779b1U;
+	const __u64 *half = (const __u64 *)client;
+	__u64 a = half[0] ^ half[0] >> 32;
+	__u64 b = half[1] ^ half[1] >> 32 ^ (__u64)vip_id * 0xd6e8feb86659fd93ULL;
+	__u64 h = a * 0x9e3779b97f4a7c15ULL ^ b * 0xc2b2ae3d27d4eb4fULL;
+
+	h ^= h >> 29;
+	return (h * 0x165667b19e3779f9ULL) >> 32;
 }
 
 /* Multiply-shift maps the hash onto [0, affinity_buckets) without a
@@ -98,22 +111,30 @@ affinity_find(struct affinity_bucket *b, __u32 vip_id, const __u8 *client,
 	return NULL;
 }
 
-/* The way an insert of a client without an entry takes, and its route. */
+/* The way an insert of a client without an entry takes, and its route: the
+ * first empty way, else the least recently seen one that no writer holds
+ * (the first of equals). If writers hold them all, way 0, busy: the insert
+ * fails. */
 static __always_inline struct affinity_entry *
 affinity_victim(struct affinity_bucket *b, __u64 *route)
 {
-	struct affinity_entry *victim = &b->way[0];
+	struct affinity_entry *victim = NULL;
 
 #pragma unroll
 	for (int w = 0; w < AFFINITY_WAYS; w++) {
 		struct affinity_entry *e = &b->way[w];
+		__u64 r = READ_ONCE_U64(e->route);
 
-		if (READ_ONCE_U64(e->route) == 0) {
+		if (r == 0) {
 			*route = 0;
 			return e;
 		}
-		if (e->last_seen_ns < victim->last_seen_ns)
+		if (r != ROUTE_BUSY && (!victim || e->last_seen_ns < victim->last_seen_ns))
 			victim = e;
+	}
+	if (!victim) {
+		*route = ROUTE_BUSY;
+		return &b->way[0];
 	}
 	*route = READ_ONCE_U64(victim->route);
 	return victim;

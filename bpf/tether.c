@@ -182,7 +182,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet pkt = {};
-	__u8 client[16] __attribute__((aligned(4)));
+	__u8 client[16] __attribute__((aligned(8)));
 	struct affinity_bucket *bucket;
 	struct affinity_entry *entry, *target;
 	struct lb_settings *cfg;
@@ -213,7 +213,7 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		return no_backend(vip);
 
 	client_key(client, &pkt, vip);
-	bucket = affinity_bucket_of(client_hash(affinity_seed(vip->vip_id), client));
+	bucket = affinity_bucket_of(affinity_hash(vip->vip_id, client));
 	entry = bucket ? affinity_find(bucket, vip->vip_id, client, &route) : NULL;
 	if (!entry) {
 		res->affinity_events |= 1 << AFFINITY_MISS;

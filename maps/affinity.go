@@ -1,17 +1,17 @@
 package maps
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync/atomic"
 
 	"github.com/tether-lb/tether/loader"
-	"github.com/tether-lb/tether/userspace/maglev"
 )
 
 // The affinity table's layout and rules, as bpf/affinity.h has them: a
-// client's bucket is the Murmur hash of its key seeded by its VIP, mapped
-// onto the buckets by multiply-shift; within the bucket it may be in any of
+// client's bucket is affinityHash of its VIP and key, mapped onto the
+// buckets by multiply-shift; within the bucket it may be in any of
 // AffinityWays ways. Writers claim a way by swapping its route for
 // routeBusy, write it and publish the route last; readers accept a way whose
 // route is the same before and after they read it.
@@ -23,10 +23,22 @@ const (
 	maxRouteID = 0xffff
 )
 
+// affinityHash is affinity_hash in bpf/affinity.h: each little-endian
+// half of the key folded onto itself, the second mixed with the VIP, two
+// independent multiplies and a multiply-xorshift finalizer.
+func affinityHash(vipID uint32, client [16]byte) uint32 {
+	a := binary.LittleEndian.Uint64(client[0:8])
+	b := binary.LittleEndian.Uint64(client[8:16])
+	a ^= a >> 32
+	b ^= b>>32 ^ uint64(vipID)*0xd6e8feb86659fd93
+	h := a*0x9e3779b97f4a7c15 ^ b*0xc2b2ae3d27d4eb4f
+	h ^= h >> 29
+	return uint32((h * 0x165667b19e3779f9) >> 32)
+}
+
 // AffinityBucket is the bucket of key in a table of buckets buckets.
 func AffinityBucket(buckets uint32, key AffinityKey) uint32 {
-	seed := (key.VIPID + 1) * 0x9e3779b1
-	return uint32(uint64(maglev.ClientHash(seed, key.Client)) * uint64(buckets) >> 32)
+	return uint32(uint64(affinityHash(key.VIPID, key.Client)) * uint64(buckets) >> 32)
 }
 
 func makeRoute(vipID uint32, a Affinity) uint64 {
@@ -81,17 +93,22 @@ func (t affinityTable) get(key AffinityKey) (Affinity, error) {
 }
 
 // victim is the way a client without one takes: the first empty way, else
-// the one seen least recently (the first of equals).
+// the least recently seen one no writer holds (the first of equals); if
+// writers hold them all, way 0, busy.
 func victim(b *loader.TetherAffinityBucket) (*loader.TetherAffinityEntry, uint64) {
-	v := &b.Way[0]
+	var v *loader.TetherAffinityEntry
 	for w := range b.Way {
 		e := &b.Way[w]
-		if atomic.LoadUint64(&e.Route) == 0 {
+		r := atomic.LoadUint64(&e.Route)
+		if r == 0 {
 			return e, 0
 		}
-		if e.LastSeenNs < v.LastSeenNs {
+		if r != routeBusy && (v == nil || e.LastSeenNs < v.LastSeenNs) {
 			v = e
 		}
+	}
+	if v == nil {
+		return &b.Way[0], routeBusy
 	}
 	return v, atomic.LoadUint64(&v.Route)
 }
