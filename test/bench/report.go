@@ -347,8 +347,15 @@ func (r *Results) writeMisses(b *strings.Builder, targets []target) {
 		tetherNew, okNew := r.Connections.Row(setupTether, modeNewConn)
 		if missed(targets, "new-rate") && okNginx && okNew {
 			w("**New connections against nginx.** tether %.0f req/s, nginx %.0f req/s. The client and backends are the bottleneck on 2 cores: ", tetherNew.RequestsPerSec, nginx.RequestsPerSec)
-			w("tether itself spends %.2f µs per request against nginx's %.2f µs, so the request rate is capped by wrk and the backend, not by the balancer.\n\n",
+			w("tether itself spends %.2f µs per request against nginx's %.2f µs, so the request rate is capped by wrk and the backend, not by the balancer",
 				tetherNew.BalancerCPUus, nginx.BalancerCPUus)
+			floorNew, okFloorNew := r.Connections.Row(setupFloor, modeNewConn)
+			directNew, okDirectNew := r.Connections.Row(setupDirect, modeNewConn)
+			if okFloorNew && okDirectNew {
+				w(": the L2 forwarder floor reaches %.2f× nginx and no balancer at all %.2f×, so the ratio that nginx leaves room for is what this bed measures",
+					ratio(floorNew.RequestsPerSec, nginx.RequestsPerSec), ratio(directNew.RequestsPerSec, nginx.RequestsPerSec))
+			}
+			w(".\n\n")
 		}
 		if missed(targets, "new-cpu") && okNginx && okNew {
 			w("**CPU per new connection.** tether %.2f µs (%.1f packets through the balancer per request) against nginx's %.2f µs. ",
