@@ -15,10 +15,18 @@
  *
  * CPUs share the table without locks. A writer claims a way by swapping its
  * route for ROUTE_BUSY (compare-and-swap: of two writers only one wins), then
- * writes the client and the time and publishes the route last. A reader
+ * writes the client and the time and publishes the route last, with an
+ * atomic exchange, which orders the writes before it on every CPU. A reader
  * accepts an entry only when the route it read before comparing the client
- * is still there after: it never pairs one client's address with another's
- * route. The daemon clears entries with the same compare-and-swap. */
+ * is still there after. On x86, where loads are not reordered with each
+ * other, a reader thus never pairs one client's address with another's
+ * route; on weakly ordered CPUs (arm64) it may, rarely, for one packet.
+ * Two limits hold everywhere: a route is not a version, so a way rewritten
+ * for another client with an equal route (same VIP, backend and generation)
+ * looks unchanged; and two CPUs inserting the same client at once may both
+ * succeed, in two ways of its bucket (readers take the first; user space
+ * counts and deletes both). The daemon clears entries with the same
+ * compare-and-swap. */
 #ifndef TETHER_AFFINITY_H
 #define TETHER_AFFINITY_H
 
@@ -27,17 +35,18 @@
 #include "structs.h"
 #include "maps.h"
 
-/* A claimed way: vip_id 0xffff is never a VIP (max_vips <= 0xffff). */
+/* A claimed way. Its vip_id, 0xffff, is never a VIP's (max_vips <= 0xffff),
+ * but affinity_find does not rely on the loader for that. */
 #define ROUTE_BUSY (~0ULL)
 
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
-#define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
 
+/* vip_id < max_vips <= 0xffff and backend_id < max backends <= 0x10000,
+ * which the loader checks. */
 static __always_inline __u64 route_make(__u32 vip_id, __u32 backend_id,
 					__u32 generation)
 {
-	return (__u64)(vip_id & 0xffff) | (__u64)(backend_id & 0xffff) << 16 |
-	       (__u64)generation << 32;
+	return (__u64)vip_id | (__u64)backend_id << 16 | (__u64)generation << 32;
 }
 
 static __always_inline __u32 route_vip(__u64 route)
@@ -55,20 +64,25 @@ static __always_inline __u32 route_generation(__u64 route)
 	return route >> 32;
 }
 
-/* The bucket hash of {vip_id, client}: each 64-bit half of the key folded
- * onto itself (a multiply carries bits only upwards, and an IPv6 /64 varies
- * in the high bytes), the second mixed with the VIP, two independent
- * multiplies, then a multiply-xorshift finalizer. It only spreads clients
- * over one host's buckets, where Murmur3 (client_hash, kept for Maglev
- * because every host must agree) is a chain of dependent multiplies three
- * times as long, on every packet. */
-static __always_inline __u32 affinity_hash(__u32 vip_id, const __u8 *client)
+/* The bucket hash of {vip_id, client} under the table's secret salt: each
+ * 64-bit half of the key salted and folded onto itself (a multiply carries
+ * bits only upwards, and an IPv6 /64 varies in the high bytes), the second
+ * mixed with the VIP, two independent multiplies, then a multiply-xorshift
+ * finalizer. Murmur3 (client_hash, kept for Maglev because every host must
+ * agree) is a chain of dependent multiplies three times as long, on every
+ * packet. The salt keeps anyone who can choose source addresses from
+ * working out which ones share a client's bucket and evicting it. */
+static __always_inline __u32 affinity_hash(__u64 salt, __u32 vip_id,
+					   const __u8 *client)
 {
 	const __u64 *half = (const __u64 *)client;
-	__u64 a = half[0] ^ half[0] >> 32;
-	__u64 b = half[1] ^ half[1] >> 32 ^ (__u64)vip_id * 0xd6e8feb86659fd93ULL;
-	__u64 h = a * 0x9e3779b97f4a7c15ULL ^ b * 0xc2b2ae3d27d4eb4fULL;
+	__u64 a = half[0] ^ salt;
+	__u64 b = half[1] ^ ((__u64)vip_id * 0xd6e8feb86659fd93ULL + salt);
+	__u64 h;
 
+	a ^= a >> 32;
+	b ^= b >> 32;
+	h = a * 0x9e3779b97f4a7c15ULL ^ b * 0xc2b2ae3d27d4eb4fULL;
 	h ^= h >> 29;
 	return (h * 0x165667b19e3779f9ULL) >> 32;
 }
@@ -101,7 +115,7 @@ affinity_find(struct affinity_bucket *b, __u32 vip_id, const __u8 *client,
 		struct affinity_entry *e = &b->way[w];
 		__u64 r = READ_ONCE_U64(e->route);
 
-		if (r == 0 || route_vip(r) != vip_id || !same_client(e, client))
+		if (r == 0 || r == ROUTE_BUSY || route_vip(r) != vip_id || !same_client(e, client))
 			continue;
 		if (READ_ONCE_U64(e->route) != r)
 			continue;
@@ -157,8 +171,7 @@ static __always_inline int affinity_write(struct affinity_entry *e, __u64 seen,
 	dst[2] = src[2];
 	dst[3] = src[3];
 	e->last_seen_ns = now;
-	asm volatile("" ::: "memory");
-	WRITE_ONCE_U64(e->route, route);
+	__sync_lock_test_and_set(&e->route, route);
 	return 0;
 }
 

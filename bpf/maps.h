@@ -21,6 +21,15 @@ struct {
 	__type(value, struct vip_info);
 } vips SEC(".maps");
 
+/* Single entry: the affinity table's secret hash salt, random, written by
+ * the loader when it creates the table and pinned with it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} affinity_salt SEC(".maps");
+
 /* Single entry: bumped by the daemon after every change to `vips`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

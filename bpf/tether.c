@@ -2,7 +2,7 @@
 //go:build ignore
 
 /* tether_lb: sticky source-address load balancing with L2 direct server
- * return. See ../shared/DESIGN.md sections 2-4 for the rules; the Go model
+ * return. README.md, "How it works", has the steps; the Go model
  * in test/model implements the same rules and is checked against this. */
 
 #include <linux/bpf.h>
@@ -108,7 +108,8 @@ static __always_inline int same_vip_key(const struct vip_key *a,
 static __always_inline struct vip_info *vip_lookup(const struct vip_key *key)
 {
 	const __u32 *addr = (const __u32 *)key->addr;
-	__u32 zero = 0, slot = (addr[3] ^ addr[3] >> 16 ^ key->port) & (VIP_CACHE_SLOTS - 1);
+	__u32 mix = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ key->port ^ (__u32)key->proto << 16;
+	__u32 zero = 0, slot = (mix ^ mix >> 7 ^ mix >> 16 ^ mix >> 24) & (VIP_CACHE_SLOTS - 1);
 	struct vip_cache_entry *copy = bpf_map_lookup_elem(&vip_cache, &slot);
 	__u64 *epoch = bpf_map_lookup_elem(&vip_epoch, &zero);
 	struct vip_info *vip;
@@ -189,8 +190,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	struct vip_info *vip;
 	struct backend *be;
 	__u32 zero = 0, id;
-	__u64 now, route = 0, seen;
-	int ret;
+	__u64 now, route = 0, seen, *salt;
+	int ret, evict = 0;
 
 	cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!cfg || !cfg->active)
@@ -213,7 +214,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		return no_backend(vip);
 
 	client_key(client, &pkt, vip);
-	bucket = affinity_bucket_of(affinity_hash(vip->vip_id, client));
+	salt = bpf_map_lookup_elem(&affinity_salt, &zero);
+	bucket = salt ? affinity_bucket_of(affinity_hash(*salt, vip->vip_id, client)) : NULL;
 	entry = bucket ? affinity_find(bucket, vip->vip_id, client, &route) : NULL;
 	if (!entry) {
 		res->affinity_events |= 1 << AFFINITY_MISS;
@@ -247,13 +249,15 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		seen = route;
 	} else {
 		target = affinity_victim(bucket, &seen);
-		if (seen != 0 && fresh(now, target->last_seen_ns, vip->affinity_timeout_ns))
+		evict = seen != 0 && fresh(now, target->last_seen_ns, vip->affinity_timeout_ns);
+	}
+	if (affinity_write(target, seen, client, route_make(vip->vip_id, id, be->generation), now)) {
+		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
+	} else {
+		res->affinity_events |= 1 << AFFINITY_INSERT;
+		if (evict)
 			res->affinity_events |= 1 << AFFINITY_EVICT;
 	}
-	if (affinity_write(target, seen, client, route_make(vip->vip_id, id, be->generation), now))
-		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
-	else
-		res->affinity_events |= 1 << AFFINITY_INSERT;
 	return forward(ctx, be);
 }
 

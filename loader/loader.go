@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -40,9 +42,11 @@ const (
 )
 
 // AffinityBuckets is the number of buckets of the affinity table for
-// capacity clients: three entries for every four clients, so at capacity a
-// bucket holds 4/3 clients on average in its AFFINITY_WAYS = 4 ways and
-// about 1 % of inserts evict a fresh entry (0.1 % at half the capacity).
+// capacity clients: three buckets for every four clients, that is three
+// ways (entries) per client. At capacity a bucket has 4/3 clients on
+// average for its AFFINITY_WAYS = 4 ways and about 1 % of the clients find
+// their bucket full (0.1 % at half the capacity); the table holds up to
+// three times its capacity, evicting more and more.
 func AffinityBuckets(capacity uint32) uint32 {
 	return uint32((3*uint64(capacity) + 3) / 4)
 }
@@ -127,7 +131,24 @@ func Load(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("loading XDP program: %w", err)
 	}
-	return &Datapath{Program: objs.TetherLb, Maps: objs.TetherMaps, Options: opts}, nil
+	d := &Datapath{Program: objs.TetherLb, Maps: objs.TetherMaps, Options: opts}
+	if err := d.saltAffinity(); err != nil {
+		return nil, errors.Join(err, d.Close())
+	}
+	return d, nil
+}
+
+// saltAffinity gives a new affinity table its random hash salt. Only a new
+// (empty) table: the salt places every entry.
+func (d *Datapath) saltAffinity() error {
+	var salt [8]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		return fmt.Errorf("drawing the affinity table's salt: %w", err)
+	}
+	if err := d.Maps.AffinitySalt.Put(uint32(0), binary.LittleEndian.Uint64(salt[:])); err != nil {
+		return fmt.Errorf("writing the affinity table's salt: %w", err)
+	}
+	return nil
 }
 
 // Close releases the program and maps held by this process. Pinned objects

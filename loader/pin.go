@@ -15,7 +15,7 @@ import (
 
 // Pinned objects live in one directory per interface:
 //
-//	<bpffs>/tether/<iface>/{vips,maglev,backends,affinity,counters,tx_ports,settings}
+//	<bpffs>/tether/<iface>/{vips,vip_epoch,maglev,backends,affinity,affinity_salt,tx_ports}
 //	<bpffs>/tether/<iface>/prog   the running program
 //	<bpffs>/tether/<iface>/link   the XDP link; forwarding survives the daemon
 const (
@@ -24,9 +24,9 @@ const (
 )
 
 // pinnedMaps are the maps adopted across daemon restarts and upgrades. The
-// VIP epoch goes with the VIPs: whoever changes them bumps it, whichever
-// program reads them.
-var pinnedMaps = []string{TetherMapVips, TetherMapVipEpoch, TetherMapMaglev, TetherMapBackends, TetherMapAffinity, TetherMapTxPorts}
+// VIP epoch goes with the VIPs (whoever changes them bumps it, whichever
+// program reads them), the salt with the affinity table it places entries in.
+var pinnedMaps = []string{TetherMapVips, TetherMapVipEpoch, TetherMapMaglev, TetherMapBackends, TetherMapAffinity, TetherMapAffinitySalt, TetherMapTxPorts}
 
 // ErrLayoutChanged means pinned maps were made by a tether whose map layout
 // differs from this one's. tether never recreates them silently: that would
@@ -65,7 +65,7 @@ func pinnedOptions(dir string) (opts Options, ok bool, err error) {
 			if len(sizes) == 0 {
 				continue
 			}
-			return Options{}, false, fmt.Errorf("pinned map %s is missing from %s while others exist: run tether detach to start over", name, dir)
+			return Options{}, false, fmt.Errorf("%w: pinned map %s is missing from %s while others exist (pinned by another tether version?): run tether detach to start over; that drops all client affinity", ErrLayoutChanged, name, dir)
 		}
 		if err != nil {
 			return Options{}, false, fmt.Errorf("opening pinned map %s: %w", name, err)
@@ -131,7 +131,13 @@ func Open(dir string, opts Options) (d *Datapath, adopted bool, err error) {
 		}
 		return nil, false, fmt.Errorf("loading XDP program with maps pinned in %s: %w", dir, err)
 	}
-	return &Datapath{Program: objs.TetherLb, Maps: objs.TetherMaps, Options: opts}, adopted, nil
+	d = &Datapath{Program: objs.TetherLb, Maps: objs.TetherMaps, Options: opts}
+	if !adopted {
+		if err := d.saltAffinity(); err != nil {
+			return nil, false, errors.Join(err, d.Close())
+		}
+	}
+	return d, adopted, nil
 }
 
 // pinProgram pins the running program in dir, replacing the previous one,

@@ -143,6 +143,7 @@ type TetherVipKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TetherMapAffinity          = "affinity"
+	TetherMapAffinitySalt      = "affinity_salt"
 	TetherMapBackends          = "backends"
 	TetherMapCounters          = "counters"
 	TetherMapMaglev            = "maglev"
@@ -211,15 +212,16 @@ type TetherProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TetherMapSpecs struct {
-	Affinity *ebpf.MapSpec `ebpf:"affinity"`
-	Backends *ebpf.MapSpec `ebpf:"backends"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Maglev   *ebpf.MapSpec `ebpf:"maglev"`
-	Settings *ebpf.MapSpec `ebpf:"settings"`
-	TxPorts  *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipCache *ebpf.MapSpec `ebpf:"vip_cache"`
-	VipEpoch *ebpf.MapSpec `ebpf:"vip_epoch"`
-	Vips     *ebpf.MapSpec `ebpf:"vips"`
+	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
+	AffinitySalt *ebpf.MapSpec `ebpf:"affinity_salt"`
+	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Maglev       *ebpf.MapSpec `ebpf:"maglev"`
+	Settings     *ebpf.MapSpec `ebpf:"settings"`
+	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipCache     *ebpf.MapSpec `ebpf:"vip_cache"`
+	VipEpoch     *ebpf.MapSpec `ebpf:"vip_epoch"`
+	Vips         *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // TetherVariableSpecs contains global variables before they are loaded into the kernel.
@@ -256,20 +258,22 @@ func (o *TetherObjects) Close() error {
 //
 // It can be passed to LoadTetherObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TetherMaps struct {
-	Affinity *ebpf.Map `ebpf:"affinity"`
-	Backends *ebpf.Map `ebpf:"backends"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Maglev   *ebpf.Map `ebpf:"maglev"`
-	Settings *ebpf.Map `ebpf:"settings"`
-	TxPorts  *ebpf.Map `ebpf:"tx_ports"`
-	VipCache *ebpf.Map `ebpf:"vip_cache"`
-	VipEpoch *ebpf.Map `ebpf:"vip_epoch"`
-	Vips     *ebpf.Map `ebpf:"vips"`
+	Affinity     *ebpf.Map `ebpf:"affinity"`
+	AffinitySalt *ebpf.Map `ebpf:"affinity_salt"`
+	Backends     *ebpf.Map `ebpf:"backends"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Maglev       *ebpf.Map `ebpf:"maglev"`
+	Settings     *ebpf.Map `ebpf:"settings"`
+	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
+	VipCache     *ebpf.Map `ebpf:"vip_cache"`
+	VipEpoch     *ebpf.Map `ebpf:"vip_epoch"`
+	Vips         *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *TetherMaps) Close() error {
 	return _TetherClose(
 		m.Affinity,
+		m.AffinitySalt,
 		m.Backends,
 		m.Counters,
 		m.Maglev,

@@ -10,11 +10,13 @@ import (
 )
 
 // The affinity table's layout and rules, as bpf/affinity.h has them: a
-// client's bucket is affinityHash of its VIP and key, mapped onto the
-// buckets by multiply-shift; within the bucket it may be in any of
-// AffinityWays ways. Writers claim a way by swapping its route for
-// routeBusy, write it and publish the route last; readers accept a way whose
-// route is the same before and after they read it.
+// client's bucket is affinityHash of the table's salt, its VIP and key,
+// mapped onto the buckets by multiply-shift; within the bucket it may be in
+// any of AffinityWays ways. Writers claim a way by swapping its route for
+// routeBusy, write it and publish the route last; readers accept a way
+// whose route is the same before and after they read it. Two CPUs that
+// insert the same client at once can leave it in two ways of its bucket:
+// readers here report it once and delete both.
 const (
 	// AffinityWays is the number of entries of a bucket.
 	AffinityWays = len(loader.TetherAffinityBucket{}.Way)
@@ -23,29 +25,34 @@ const (
 	maxRouteID = 0xffff
 )
 
-// affinityHash is affinity_hash in bpf/affinity.h: each little-endian
-// half of the key folded onto itself, the second mixed with the VIP, two
-// independent multiplies and a multiply-xorshift finalizer.
-func affinityHash(vipID uint32, client [16]byte) uint32 {
-	a := binary.LittleEndian.Uint64(client[0:8])
-	b := binary.LittleEndian.Uint64(client[8:16])
+// affinityHash is affinity_hash in bpf/affinity.h: each little-endian half
+// of the key salted and folded onto itself, the second mixed with the VIP,
+// two independent multiplies and a multiply-xorshift finalizer.
+func affinityHash(salt uint64, vipID uint32, client [16]byte) uint32 {
+	a := binary.LittleEndian.Uint64(client[0:8]) ^ salt
+	b := binary.LittleEndian.Uint64(client[8:16]) ^ (uint64(vipID)*0xd6e8feb86659fd93 + salt)
 	a ^= a >> 32
-	b ^= b>>32 ^ uint64(vipID)*0xd6e8feb86659fd93
+	b ^= b >> 32
 	h := a*0x9e3779b97f4a7c15 ^ b*0xc2b2ae3d27d4eb4f
 	h ^= h >> 29
 	return uint32((h * 0x165667b19e3779f9) >> 32)
 }
 
-// AffinityBucket is the bucket of key in a table of buckets buckets.
-func AffinityBucket(buckets uint32, key AffinityKey) uint32 {
-	return uint32(uint64(affinityHash(key.VIPID, key.Client)) * uint64(buckets) >> 32)
+// AffinityBucket is the bucket of key in a table of buckets buckets hashed
+// with salt.
+func AffinityBucket(buckets uint32, salt uint64, key AffinityKey) uint32 {
+	return uint32(uint64(affinityHash(salt, key.VIPID, key.Client)) * uint64(buckets) >> 32)
 }
 
 func makeRoute(vipID uint32, a Affinity) uint64 {
-	return uint64(vipID&maxRouteID) | uint64(a.Backend&maxRouteID)<<16 | uint64(a.Generation)<<32
+	return uint64(vipID) | uint64(a.Backend)<<16 | uint64(a.Generation)<<32
 }
 
 func routeVIP(route uint64) uint32 { return uint32(route & maxRouteID) }
+
+func decodeRoute(r uint64, lastSeen uint64) Affinity {
+	return Affinity{Backend: BackendID(r >> 16 & maxRouteID), Generation: uint32(r >> 32), LastSeen: lastSeen}
+}
 
 // errAffinityBusy: a way kept changing under a writer.
 var errAffinityBusy = errors.New("the client's affinity bucket is being written by the datapath, try again")
@@ -55,33 +62,66 @@ var errAffinityBusy = errors.New("the client's affinity bucket is being written 
 // (Kernel). Routes are read and written atomically, as the datapath does.
 type affinityTable struct {
 	buckets []loader.TetherAffinityBucket
+	salt    uint64
 }
 
 func (t affinityTable) bucket(key AffinityKey) *loader.TetherAffinityBucket {
-	return &t.buckets[AffinityBucket(uint32(len(t.buckets)), key)]
+	return &t.buckets[AffinityBucket(uint32(len(t.buckets)), t.salt, key)]
 }
 
-// find returns the way holding key and its route.
+// way is one way as read: its route, key and entry, or ok false if it is
+// empty, being written, or changed while it was read.
+type way struct {
+	route uint64
+	key   AffinityKey
+	entry Affinity
+	ok    bool
+}
+
+func readWay(e *loader.TetherAffinityEntry) way {
+	r := atomic.LoadUint64(&e.Route)
+	if r == 0 || r == routeBusy {
+		return way{}
+	}
+	w := way{route: r, key: AffinityKey{VIPID: routeVIP(r), Client: e.Client}, entry: decodeRoute(r, e.LastSeenNs)}
+	w.ok = atomic.LoadUint64(&e.Route) == r
+	return w
+}
+
+// eachWay calls fn for every way of b that holds a client, once per client:
+// a second way of the same client is left out.
+func eachWay(b *loader.TetherAffinityBucket, fn func(*loader.TetherAffinityEntry, way)) {
+	var seen [AffinityWays]AffinityKey
+	n := 0
+ways:
+	for i := range b.Way {
+		w := readWay(&b.Way[i])
+		if !w.ok {
+			continue
+		}
+		for _, key := range seen[:n] {
+			if key == w.key {
+				continue ways
+			}
+		}
+		seen[n] = w.key
+		n++
+		fn(&b.Way[i], w)
+	}
+}
+
+// find returns the first way holding key and its route.
 func (t affinityTable) find(key AffinityKey) (*loader.TetherAffinityEntry, uint64) {
 	if len(t.buckets) == 0 {
 		return nil, 0
 	}
 	b := t.bucket(key)
-	for w := range b.Way {
-		e := &b.Way[w]
-		r := atomic.LoadUint64(&e.Route)
-		if r == 0 || r == routeBusy || routeVIP(r) != key.VIPID || e.Client != key.Client {
-			continue
-		}
-		if atomic.LoadUint64(&e.Route) == r {
-			return e, r
+	for i := range b.Way {
+		if w := readWay(&b.Way[i]); w.ok && w.key == key {
+			return &b.Way[i], w.route
 		}
 	}
 	return nil, 0
-}
-
-func decodeRoute(r uint64, lastSeen uint64) Affinity {
-	return Affinity{Backend: BackendID(r >> 16 & maxRouteID), Generation: uint32(r >> 32), LastSeen: lastSeen}
 }
 
 func (t affinityTable) get(key AffinityKey) (Affinity, error) {
@@ -128,58 +168,64 @@ func (t affinityTable) put(key AffinityKey, a Affinity) (replaced Affinity, ok b
 		e, seen := t.find(key)
 		if e == nil {
 			e, seen = victim(t.bucket(key))
-			if seen != 0 && seen != routeBusy {
-				replaced, ok = decodeRoute(seen, e.LastSeenNs), true
-			}
 		}
 		if seen == routeBusy || !atomic.CompareAndSwapUint64(&e.Route, seen, routeBusy) {
-			replaced, ok = Affinity{}, false
 			continue
+		}
+		if old := (AffinityKey{VIPID: routeVIP(seen), Client: e.Client}); seen != 0 && old != key {
+			replaced, ok = decodeRoute(seen, e.LastSeenNs), true
 		}
 		e.Client = key.Client
 		e.LastSeenNs = a.LastSeen
-		atomic.StoreUint64(&e.Route, makeRoute(key.VIPID, a))
+		atomic.SwapUint64(&e.Route, makeRoute(key.VIPID, a))
 		return replaced, ok, nil
 	}
 	return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: %w", key.VIPID, errAffinityBusy)
 }
 
+// delete clears every way holding key.
 func (t affinityTable) delete(key AffinityKey) error {
-	e, r := t.find(key)
-	if e == nil || !atomic.CompareAndSwapUint64(&e.Route, r, 0) {
+	if len(t.buckets) == 0 {
+		return fmt.Errorf("deleting affinity of VIP id %d: %w", key.VIPID, ErrNotFound)
+	}
+	b := t.bucket(key)
+	found, busy := false, false
+	for i := range b.Way {
+		cleared := false
+		for range 3 {
+			w := readWay(&b.Way[i])
+			if !w.ok || w.key != key {
+				cleared = true // not key's, or no longer
+				break
+			}
+			if atomic.CompareAndSwapUint64(&b.Way[i].Route, w.route, 0) {
+				found, cleared = true, true
+				break
+			}
+		}
+		busy = busy || !cleared
+	}
+	switch {
+	case busy:
+		return fmt.Errorf("deleting affinity of VIP id %d: %w", key.VIPID, errAffinityBusy)
+	case !found:
 		return fmt.Errorf("deleting affinity of VIP id %d: %w", key.VIPID, ErrNotFound)
 	}
 	return nil
 }
 
-// each calls fn for every entry; a way that changes while it is read is
-// skipped.
+// each calls fn for every client's entry; a way that changes while it is
+// read is skipped.
 func (t affinityTable) each(fn func(AffinityKey, Affinity)) {
 	for i := range t.buckets {
-		b := &t.buckets[i]
-		for w := range b.Way {
-			e := &b.Way[w]
-			r := atomic.LoadUint64(&e.Route)
-			if r == 0 || r == routeBusy {
-				continue
-			}
-			key := AffinityKey{VIPID: routeVIP(r), Client: e.Client}
-			lastSeen := e.LastSeenNs
-			if atomic.LoadUint64(&e.Route) == r {
-				fn(key, decodeRoute(r, lastSeen))
-			}
-		}
+		eachWay(&t.buckets[i], func(_ *loader.TetherAffinityEntry, w way) { fn(w.key, w.entry) })
 	}
 }
 
 func (t affinityTable) count() int {
 	n := 0
 	for i := range t.buckets {
-		for w := range t.buckets[i].Way {
-			if r := atomic.LoadUint64(&t.buckets[i].Way[w].Route); r != 0 && r != routeBusy {
-				n++
-			}
-		}
+		eachWay(&t.buckets[i], func(*loader.TetherAffinityEntry, way) { n++ })
 	}
 	return n
 }

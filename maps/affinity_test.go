@@ -14,7 +14,7 @@ func clientsOfBucket(buckets uint32, n int) []AffinityKey {
 	var keys []AffinityKey
 	for i := 0; len(keys) < n; i++ {
 		key := AffinityKey{Client: [16]byte{198, 18, byte(i >> 8), byte(i)}}
-		if AffinityBucket(buckets, key) == 0 {
+		if AffinityBucket(buckets, 0, key) == 0 {
 			keys = append(keys, key)
 		}
 	}
@@ -105,6 +105,7 @@ func TestAffinityTableRefusesWhatItCannotHold(t *testing.T) {
 func TestAffinityBucketsSpreadClients(t *testing.T) {
 	const clients = 1 << 20
 	buckets := loader.AffinityBuckets(clients)
+	const salt = 0x243f6a8885a308d3
 	for _, tc := range []struct {
 		name string
 		key  func(i int) AffinityKey
@@ -121,7 +122,7 @@ func TestAffinityBucketsSpreadClients(t *testing.T) {
 	} {
 		load := make([]uint8, buckets)
 		for i := range clients {
-			load[AffinityBucket(buckets, tc.key(i))]++
+			load[AffinityBucket(buckets, salt, tc.key(i))]++
 		}
 		overflow, fullest := 0, uint8(0)
 		for _, n := range load {
@@ -133,5 +134,37 @@ func TestAffinityBucketsSpreadClients(t *testing.T) {
 		if share > 1.3 || fullest > 14 {
 			t.Errorf("%s: %.2f%% of clients beyond their bucket's ways, fullest bucket %d: want about 1.1%% and at most 14, as a random spread", tc.name, share, fullest)
 		}
+	}
+}
+
+// TestAffinityTableClientInTwoWays: two CPUs that insert the same client at
+// once leave it in two ways of its bucket. User space reports it once and
+// deletes both.
+func TestAffinityTableClientInTwoWays(t *testing.T) {
+	table := affinityTable{buckets: make([]loader.TetherAffinityBucket, 2), salt: 7}
+	key := AffinityKey{VIPID: 3, Client: [16]byte{198, 18, 0, 1}}
+	if _, _, err := table.put(key, Affinity{Backend: 2, Generation: 1, LastSeen: 10}); err != nil {
+		t.Fatal(err)
+	}
+	b := table.bucket(key)
+	b.Way[2] = b.Way[0]
+	seen := 0
+	table.each(func(k AffinityKey, a Affinity) {
+		seen++
+		if k != key || a != (Affinity{Backend: 2, Generation: 1, LastSeen: 10}) {
+			t.Errorf("each: %+v %+v", k, a)
+		}
+	})
+	if seen != 1 || table.count() != 1 {
+		t.Errorf("each saw %d, count %d; want the client once", seen, table.count())
+	}
+	if err := table.delete(key); err != nil {
+		t.Fatal(err)
+	}
+	if b.Way[0].Route != 0 || b.Way[2].Route != 0 {
+		t.Errorf("delete left a copy: routes %#x, %#x", b.Way[0].Route, b.Way[2].Route)
+	}
+	if err := table.delete(key); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second delete: %v, want ErrNotFound", err)
 	}
 }

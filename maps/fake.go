@@ -155,6 +155,14 @@ func (f *Fake) Affinity(key AffinityKey) (Affinity, error) {
 	return f.affinity.get(key)
 }
 
+// SetAffinitySalt sets the salt of the affinity table's hash, as the loader
+// draws one for a new table. The table must be empty: nothing is moved.
+func (f *Fake) SetAffinitySalt(salt uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.affinity.salt = salt
+}
+
 // PutAffinity writes a client's entry.
 func (f *Fake) PutAffinity(key AffinityKey, a Affinity) error {
 	_, _, err := f.InsertAffinity(key, a)

@@ -27,11 +27,19 @@ type Kernel struct {
 // and written in place, as the datapath does; Close unmaps them.
 func NewKernel(m *loader.TetherMaps, limits Limits) (*Kernel, error) {
 	buckets := m.Affinity.MaxEntries()
-	if buckets != limits.AffinityBuckets {
+	bucketSize := uint32(unsafe.Sizeof(loader.TetherAffinityBucket{}))
+	switch {
+	case buckets != limits.AffinityBuckets:
 		return nil, fmt.Errorf("mapping the affinity table: it has %d buckets, the limits say %d", buckets, limits.AffinityBuckets)
+	case m.Affinity.ValueSize() != bucketSize || m.Affinity.Flags()&unix.BPF_F_MMAPABLE == 0:
+		return nil, fmt.Errorf("mapping the affinity table: buckets of %d bytes, flags %#x; want %d-byte buckets in an mmapable array",
+			m.Affinity.ValueSize(), m.Affinity.Flags(), bucketSize)
 	}
 	k := &Kernel{maps: m, limits: limits}
-	table, err := k.mmap(m.Affinity, int(buckets)*int(unsafe.Sizeof(loader.TetherAffinityBucket{})))
+	if err := m.AffinitySalt.Lookup(uint32(0), &k.affinity.salt); err != nil {
+		return nil, fmt.Errorf("reading the affinity table's salt: %w", err)
+	}
+	table, err := k.mmap(m.Affinity, int(buckets)*int(bucketSize))
 	if err != nil {
 		return nil, fmt.Errorf("mapping the affinity table: %w", err)
 	}
@@ -41,7 +49,21 @@ func NewKernel(m *loader.TetherMaps, limits Limits) (*Kernel, error) {
 		return nil, errors.Join(fmt.Errorf("mapping the VIP epoch: %w", err), k.Close())
 	}
 	k.vipEpoch = (*uint64)(epoch)
+	// A writer that died between a VIP update and its bump left copies the
+	// programs' caches must not keep.
+	k.vipsChanged()
 	return k, nil
+}
+
+// SetAffinitySalt replaces the affinity table's salt, for tests that need a
+// known one. The table must be empty: entries are not moved to their new
+// buckets.
+func (k *Kernel) SetAffinitySalt(salt uint64) error {
+	if err := k.maps.AffinitySalt.Put(uint32(0), salt); err != nil {
+		return fmt.Errorf("writing the affinity table's salt: %w", err)
+	}
+	k.affinity.salt = salt
+	return nil
 }
 
 // mmap maps the first size bytes of an mmapable array map.
@@ -55,7 +77,11 @@ func (k *Kernel) mmap(m *ebpf.Map, size int) (unsafe.Pointer, error) {
 	return unsafe.Pointer(unsafe.SliceData(mapped)), nil
 }
 
-// Close unmaps what NewKernel mapped. The maps stay open.
+// errClosed: the Kernel was closed.
+var errClosed = errors.New("the datapath's maps were closed")
+
+// Close unmaps what NewKernel mapped. The maps stay open; the affinity table
+// reads as empty and VIPs can no longer be changed.
 func (k *Kernel) Close() error {
 	k.affinity, k.vipEpoch = affinityTable{}, nil
 	var errs []error
@@ -95,6 +121,9 @@ func (k *Kernel) VIP(key VIPKey) (VIP, error) {
 
 // PutVIP creates or replaces the entry of key.
 func (k *Kernel) PutVIP(key VIPKey, v VIP) error {
+	if k.vipEpoch == nil {
+		return fmt.Errorf("writing VIP %s: %w", key, errClosed)
+	}
 	if err := k.maps.Vips.Put(encodeVIPKey(key), encodeVIP(v)); err != nil {
 		return fmt.Errorf("writing VIP %s: %w", key, err)
 	}
@@ -104,6 +133,9 @@ func (k *Kernel) PutVIP(key VIPKey, v VIP) error {
 
 // DeleteVIP removes the entry of key.
 func (k *Kernel) DeleteVIP(key VIPKey) error {
+	if k.vipEpoch == nil {
+		return fmt.Errorf("deleting VIP %s: %w", key, errClosed)
+	}
 	if err := k.maps.Vips.Delete(encodeVIPKey(key)); err != nil {
 		return fmt.Errorf("deleting VIP %s: %w", key, notFound(err))
 	}

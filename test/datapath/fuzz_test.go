@@ -95,7 +95,11 @@ func newHarnessWith(tb testing.TB, opts loader.Options) *harness {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { kernel.Close() })
+	if err := kernel.SetAffinitySalt(testAffinitySalt); err != nil {
+		tb.Fatal(err)
+	}
 	fake := maps.NewFake(limits)
+	fake.SetAffinitySalt(testAffinitySalt)
 	return &harness{
 		t:      tb,
 		dp:     dp,
@@ -115,6 +119,7 @@ func TestDatapathSeedsCoverEveryOutcome(t *testing.T) {
 	var events uint32
 	for _, seed := range datapathSeeds() {
 		fake := maps.NewFake(maps.LimitsOf(fuzzOptions))
+		fake.SetAffinitySalt(testAffinitySalt)
 		now := monotonicCoarse()
 		if err := errors.Join(fake.PutTxPort(redirectIfindex), writeFuzzState(fake, fz.decode(seed.state, now), nil)); err != nil {
 			t.Fatal(err)
@@ -651,6 +656,9 @@ var (
 		0, 1, 1, 9, // 198.18.0.11 -> 1, expired
 		0, 2, 4, 13, // 198.18.1.10 -> 4, ahead
 	}
+	// fixturePinBytes is the pins part of fixtureSeedState: a count and
+	// four pins of four bytes.
+	fixturePinBytes = 1 + 4*4
 	// The same with a stale watchdog: everything passes.
 	staleWatchdogSeedState = append([]byte{4}, fixtureSeedState[1:]...)
 	// An IPv4 and an IPv6 VIP grouping clients by /24 and /48, passing
@@ -733,15 +741,15 @@ func datapathSeeds() []datapathSeed {
 func evictionSeed() datapathSeed {
 	newClient := netip.MustParseAddr("198.18.2.20")
 	buckets := loader.AffinityBuckets(fuzzOptions.AffinityCapacity)
-	target := maps.AffinityBucket(buckets, maps.AffinityKey{VIPID: 0, Client: maps.ClientKey(newClient, 32)})
-	vipsAndBackends := fixtureSeedState[:len(fixtureSeedState)-17]
+	target := maps.AffinityBucket(buckets, testAffinitySalt, maps.AffinityKey{VIPID: 0, Client: maps.ClientKey(newClient, 32)})
+	vipsAndBackends := fixtureSeedState[:len(fixtureSeedState)-fixturePinBytes]
 	state := append(slices.Clone(vipsAndBackends), byte(maps.AffinityWays))
 	pins := 0
 	// Pins of VIP bytes >= 0xf0 are of VIP ids missing from the state,
 	// with prefix 0: one zero client key per id. They only fill buckets.
 	// Backend byte 1 is backend 1; detail 4 is generation 0, seen 3 s ago.
 	for vipByte := 0xf0; vipByte <= 0xff && pins < maps.AffinityWays; vipByte++ {
-		if maps.AffinityBucket(buckets, maps.AffinityKey{VIPID: uint32(vipByte)}) == target {
+		if maps.AffinityBucket(buckets, testAffinitySalt, maps.AffinityKey{VIPID: uint32(vipByte)}) == target {
 			state = append(state, byte(vipByte), 0, 1, 4)
 			pins++
 		}

@@ -37,6 +37,11 @@ var testOptions = loader.Options{
 // loopback device of the caller's namespace.
 const loIfindex = 1
 
+// testAffinitySalt is the affinity table's salt in the tests, where the
+// loader would draw one: kernel and model must agree, and a failing fuzz
+// input must fail again.
+const testAffinitySalt = 0x5a175a175a175a17
+
 type harness struct {
 	t      testing.TB
 	dp     *loader.Datapath

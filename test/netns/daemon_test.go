@@ -340,23 +340,16 @@ func requireWholeTable(t *testing.T, d *tetherd.Daemon, vip string) {
 	t.Helper()
 	dir := loader.PinDir(d.BPFFS, "eth0")
 	var pinned loader.TetherMaps
-	var err error
-	if pinned.Vips, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapVips), nil); err != nil {
-		t.Fatal(err)
+	for name, m := range map[string]**ebpf.Map{
+		loader.TetherMapVips: &pinned.Vips, loader.TetherMapVipEpoch: &pinned.VipEpoch, loader.TetherMapMaglev: &pinned.Maglev,
+		loader.TetherMapAffinity: &pinned.Affinity, loader.TetherMapAffinitySalt: &pinned.AffinitySalt,
+	} {
+		var err error
+		if *m, err = ebpf.LoadPinnedMap(filepath.Join(dir, name), nil); err != nil {
+			t.Fatal(err)
+		}
+		defer (*m).Close()
 	}
-	defer pinned.Vips.Close()
-	if pinned.Maglev, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapMaglev), nil); err != nil {
-		t.Fatal(err)
-	}
-	defer pinned.Maglev.Close()
-	if pinned.Affinity, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapAffinity), nil); err != nil {
-		t.Fatal(err)
-	}
-	defer pinned.Affinity.Close()
-	if pinned.VipEpoch, err = ebpf.LoadPinnedMap(filepath.Join(dir, loader.TetherMapVipEpoch), nil); err != nil {
-		t.Fatal(err)
-	}
-	defer pinned.VipEpoch.Close()
 	m, err := maps.NewKernel(&pinned, maps.LimitsOf(loader.DefaultOptions()))
 	if err != nil {
 		t.Fatal(err)

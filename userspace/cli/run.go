@@ -51,7 +51,7 @@ func runCommand() *cli.Command {
 			&cli.UintFlag{Name: "max-vips", Value: uint(defaults.MaxVIPs), Usage: "VIP capacity (fixed when the maps are first created)"},
 			&cli.UintFlag{Name: "max-backends", Value: uint(defaults.MaxBackends), Usage: "backend capacity (fixed when the maps are first created)"},
 			&cli.UintFlag{Name: "max-table-size", Value: uint(defaults.TableStride), Usage: "largest Maglev table size"},
-			&cli.UintFlag{Name: "affinity-capacity", Value: uint(defaults.AffinityCapacity), Usage: "clients the affinity table holds"},
+			&cli.UintFlag{Name: "affinity-capacity", Value: uint(defaults.AffinityCapacity), Usage: "clients the affinity table is sized for (about 1% of them find their bucket full at that load; it holds up to 3x as many, evicting more)"},
 			&cli.DurationFlag{Name: "watchdog-timeout", Usage: "pass all traffic to the stack if the daemon is silent this long (0: never)"},
 			&cli.IntFlag{Name: "check-workers", Value: 32, Usage: "health checks in flight at most"},
 		},
