@@ -51,13 +51,13 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s); FuzzDatapath needs roo
 demo: deps node-deps build ## three Socket.IO nodes behind tether in namespaces, live, then torn down (root)
 	test/demo/demo.sh
 
-bench: deps build ## measure tether against floors, nginx and no balancer; writes bench-results.md (root; QUICK=1 for a fast look)
+bench: deps build ## measure tether against floors, nginx and no balancer; writes bench-results.md (root; QUICK=1 for a fast look, PARTS=progrun,live,connections,control for some)
 	@missing=""; for p in wrk nginx libnginx-mod-stream; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
-	$(GO) run ./test/bench/cmd/tether-bench -tether bin/tether -out bench-results.md $(if $(QUICK),-quick,)
+	$(GO) run ./test/bench/cmd/tether-bench -tether bin/tether -out bench-results.md $(if $(QUICK),-quick,) $(if $(PARTS),-parts $(PARTS),)
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...
