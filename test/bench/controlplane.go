@@ -51,9 +51,13 @@ type ControlResults struct {
 	SwapMs        float64         // ReplaceTable of a 65537-slot table into the kernel maps
 	// Affinity map memory as the kernel accounts it (memlock), for its
 	// capacity, and scaled to one million entries.
-	AffinityCapacity    uint32
-	AffinityMemlock     uint64
-	AffinityPerMillion  float64
+	AffinityCapacity   uint32
+	AffinityMemlock    uint64
+	AffinityPerMillion float64
+	// ScanMs is one count of the affinity table's entries, as a scrape of
+	// /metrics and a drain --wait make; ScanEntries is what it counted.
+	ScanMs              float64
+	ScanEntries         int
 	Health              []HealthResult
 	Rounds              int
 	MaglevBackendCounts []int
@@ -131,6 +135,20 @@ func measureControlPlane(l *lab, dp *benchDatapath, cfg ControlConfig, progress 
 	results.AffinityCapacity = dp.Options.AffinityCapacity
 	results.AffinityMemlock = memlock
 	results.AffinityPerMillion = float64(memlock) / float64(dp.Options.AffinityCapacity) * 1e6
+
+	scan := samples{}
+	for round := range cfg.Rounds + 1 {
+		start := time.Now()
+		n, err := dp.kernel.AffinityCount()
+		if err != nil {
+			return nil, err
+		}
+		if round > 0 {
+			scan.add("scan", float64(time.Since(start).Microseconds())/1e3)
+		}
+		results.ScanEntries = n
+	}
+	results.ScanMs = scan.median("scan")
 
 	for _, kind := range cfg.HealthKinds {
 		fmt.Fprintf(progress, "control plane: %s health checks of %d backends every %s\n", kind, cfg.HealthTargets, cfg.HealthInterval)

@@ -310,6 +310,8 @@ func (r *Results) writeControl(b *strings.Builder) {
 	w("| table swap: ReplaceTable of 65537 slots into the kernel maps, then the VIP's slot flip (median of %d) | %.2f ms |\n", c.Rounds, c.SwapMs)
 	w("| affinity table memory (kernel memlock of the array, full or empty) | %.1f MiB for a capacity of %d clients = %.1f MiB per million |\n",
 		float64(c.AffinityMemlock)/(1<<20), c.AffinityCapacity, c.AffinityPerMillion/(1<<20))
+	w("| affinity table scan: counting its %d entries in place through the daemon's mapping, as each /metrics scrape does (median of %d) | %.1f ms |\n",
+		c.ScanEntries, c.Rounds, c.ScanMs)
 	for _, h := range c.Health {
 		w("| health checks, %s, %d backends every %s (userspace/health Scheduler, %d workers, own process; targets on loopback) | %.3f CPU s/s (%.0f checks/s, %d failed) |\n",
 			h.Kind, h.Targets, h.Interval, r.Config.Control.HealthWorkers, h.CoresUsed, h.ProbesPerSec, h.Failures)
