@@ -19,15 +19,7 @@ import (
 // must refuse with ErrLayoutChanged and leave the pinned map alone.
 func TestChangedMapLayoutIsAnError(t *testing.T) {
 	testenv.RequireBPF(t)
-	bpffs := filepath.Join(t.TempDir(), "bpffs")
-	if err := os.Mkdir(bpffs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.Run("mount", "-t", "bpf", "bpf", bpffs); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = testenv.Run("umount", bpffs) })
-	dir := loader.PinDir(bpffs, "eth0")
+	dir := loader.PinDir(testenv.PrivateBPFFS(t), "eth0")
 	first, _, err := loader.Open(dir, loader.Options{MaxVIPs: 4, TableStride: 257, MaxBackends: 16, AffinityCapacity: 1024, MaxTxPorts: 4})
 	if err != nil {
 		t.Fatal(err)
@@ -72,15 +64,7 @@ func TestChangedMapLayoutIsAnError(t *testing.T) {
 // today's maps are ErrLayoutChanged.
 func TestAffinityTableAdoptedWithItsSalt(t *testing.T) {
 	testenv.RequireBPF(t)
-	bpffs := filepath.Join(t.TempDir(), "bpffs")
-	if err := os.Mkdir(bpffs, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.Run("mount", "-t", "bpf", "bpf", bpffs); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = testenv.Run("umount", bpffs) })
-	dir := loader.PinDir(bpffs, "eth0")
+	dir := loader.PinDir(testenv.PrivateBPFFS(t), "eth0")
 	opts := loader.Options{MaxVIPs: 4, TableStride: 257, MaxBackends: 16, AffinityCapacity: 1024, MaxTxPorts: 4}
 	salt := func(d *loader.Datapath) uint64 {
 		var s uint64

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -65,6 +66,25 @@ func Run(name string, args ...string) error {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// PrivateBPFFS mounts a bpffs of the test's own in a temporary directory
+// and unmounts it when the test ends.
+func PrivateBPFFS(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "bpffs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := Run("mount", "-t", "bpf", "bpf", dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Run("umount", dir); err != nil {
+			t.Errorf("unmounting the test's bpffs: %v", err)
+		}
+	})
+	return dir
 }
 
 // Netns is a named network namespace made by a test.
