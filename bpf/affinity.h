@@ -10,8 +10,9 @@
  * An insert reuses the client's own entry if it has one, else takes the
  * first empty way, else the way seen least recently (the first of equals):
  * the table evicts like an LRU, bucket by bucket. A way a writer holds is
- * never a victim, so not even a writer that died holding one (the daemon
- * killed in the middle of a write) blocks inserts into its bucket.
+ * never a victim: a user-space writer killed in the middle of a write (the
+ * daemon only deletes; tests and make bench write) costs its bucket that
+ * one way, not its inserts.
  *
  * CPUs share the table without locks. A writer claims a way by swapping its
  * route for ROUTE_BUSY (compare-and-swap: of two writers only one wins), then
