@@ -198,6 +198,17 @@ func (r *Results) writeProgRun(b *strings.Builder) {
 		}
 	}
 	w(" every cold frame is a hit on an entry that is not in the cache.\n\n")
+	if len(r.TableSizes) == 0 {
+		return
+	}
+	w("**The table's size.** The same %d IPv4 clients, cold, in tables sized for more and more clients (fewer repetitions and rounds than above): ", maxClients4)
+	w("the lookups are the same, only the memory they spread over grows, and with it the cost of reaching a bucket (more TLB misses and page-table reads). ")
+	w("Size `--affinity-capacity` for the clients there are, not far above.\n\n")
+	w("| --affinity-capacity | table | hot ns | cold ns |\n|---|---|---|---|\n")
+	for _, row := range r.TableSizes {
+		w("| %d | %.0f MiB | %.1f | %.1f |\n", row.Capacity, row.MiB, row.HotNs, row.ColdNs)
+	}
+	w("\n")
 }
 
 func (r *Results) writeLive(b *strings.Builder) {
@@ -391,7 +402,7 @@ func (r *Results) writeLiveMiss(w func(string, ...any)) {
 		}
 		w(". ")
 	}
-	w("That miss is one random 128-byte bucket (two adjacent cache lines, one page) of a table of %.0f MiB", loaderTableMiB())
+	w("That miss is one random 128-byte bucket (two adjacent cache lines, one page) of a table of %.0f MiB", tableMiB(loader.DefaultOptions().AffinityCapacity))
 	w(": a DRAM access and, as BPF maps are vmalloc'ed in 4 KiB pages and this VM runs under nested paging, a TLB miss with a two-dimensional page walk. ")
 	w("A flow pays it once, on its first frame; the next ones hit the line the first one brought in. ")
 	w("The program cannot hide it (XDP runs one frame at a time, BPF has no prefetch), and no per-client table for 1M clients fits in cache. ")
@@ -402,8 +413,7 @@ func (r *Results) writeLiveMiss(w func(string, ...any)) {
 	w("and each CPU keeps a copy of the VIP entries it sees, so a packet does no hash map lookup (jhash of 20 bytes, bucket walk, memcmp) at all.\n\n")
 }
 
-// loaderTableMiB is the affinity table's size with the default options.
-func loaderTableMiB() float64 {
-	buckets := loader.AffinityBuckets(loader.DefaultOptions().AffinityCapacity)
-	return float64(buckets) * float64(unsafe.Sizeof(loader.TetherAffinityBucket{})) / (1 << 20)
+// tableMiB is the affinity table's size for capacity clients.
+func tableMiB(capacity uint32) float64 {
+	return float64(loader.AffinityBuckets(capacity)) * float64(unsafe.Sizeof(loader.TetherAffinityBucket{})) / (1 << 20)
 }

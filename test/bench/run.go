@@ -75,6 +75,7 @@ type Results struct {
 	Took        time.Duration
 	Entries     int // affinity entries present after the fill
 	ProgRun     *ProgRunResults
+	TableSizes  []TableSizeRow
 	Live        *LiveResults
 	Profile     *ProfileResults
 	Connections *ConnResults
@@ -130,6 +131,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (results *Results,
 	if cfg.Runs("progrun") {
 		if results.ProgRun, err = measureProgRun(ctx, dp, fl, cfg.ProgRunRepeat, cfg.Rounds, progress); err != nil {
 			if err := fail("prog.Run", err); err != nil {
+				return results, err
+			}
+		}
+		if results.TableSizes, err = measureTableSizes(ctx, fl, cfg.ProgRunRepeat/5, min(cfg.Rounds, 3), progress); err != nil {
+			if err := fail("prog.Run over table sizes", err); err != nil {
 				return results, err
 			}
 		}
