@@ -49,3 +49,50 @@ func TestProgRunSmoke(t *testing.T) {
 		t.Logf("%s %7d clients %-22s kernel %4.0f ns  thread %6.2f ns", row.Family, row.Clients, row.Program, row.KernelNs, row.ThreadNs)
 	}
 }
+
+// TestLiveSmoke runs the live veth part with tiny sizes: every traffic
+// shape, mode and program forwards all its frames, and tether's lookups hit.
+func TestLiveSmoke(t *testing.T) {
+	testenv.RequireBPF(t)
+	opts := loader.DefaultOptions()
+	opts.AffinityCapacity = 1 << 16
+	placeholder := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x03}
+	dp, err := newBenchDatapath(opts, families(1000, 1000), placeholder, placeholder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	fl, err := newFloors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fl.Close() })
+	l := &lab{prefix: "tether-bt-"}
+	t.Cleanup(func() {
+		if err := l.teardown(); err != nil {
+			t.Errorf("tearing down: %v", err)
+		}
+	})
+	bed, err := newLiveBed(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := measureLive(context.Background(), l, bed, dp, fl, 6000, 1, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 families: every-frame traffic native and generic, flows native.
+	if len(results.Rows) != 2*3*3 {
+		t.Fatalf("%d rows, want 18", len(results.Rows))
+	}
+	for _, row := range results.Rows {
+		if row.Delivered != row.Sent || row.Sent == 0 || row.NsPerPacket <= 0 {
+			t.Errorf("%+v: frames lost or no time measured", row)
+		}
+	}
+	for name, rate := range results.HitRate {
+		if rate != 100 {
+			t.Errorf("%s: tether's lookups hit %.2f%%, want 100%%", name, rate)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +25,8 @@ const nsPrefix = "tether-bn-"
 // fails half way.
 type lab struct {
 	undo []undoStep
+	// prefix replaces nsPrefix, for tests that run beside a benchmark.
+	prefix string
 }
 
 type undoStep struct {
@@ -49,9 +52,10 @@ func (l *lab) teardown() error {
 	return errors.Join(errs...)
 }
 
-// netns creates the namespace tether-bn-<name> with loopback up.
+// netns creates the namespace tether-bn-<name> (or the lab's prefix and
+// name) with loopback up.
 func (l *lab) netns(name string) (*testenv.Netns, error) {
-	full := nsPrefix + name
+	full := cmp.Or(l.prefix, nsPrefix) + name
 	_ = testenv.Run("ip", "netns", "del", full) // left over from a killed run
 	if err := testenv.Run("ip", "netns", "add", full); err != nil {
 		return nil, err
