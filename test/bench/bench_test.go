@@ -10,30 +10,39 @@ import (
 	"github.com/tether-lb/tether/test/testenv"
 )
 
-// TestProgRunSmoke runs the prog.Run part of make bench with tiny sizes, so
-// the benchmark keeps building and measuring the paths it names.
-func TestProgRunSmoke(t *testing.T) {
+// smokeDatapath is tether with 1000 clients of each family and the two
+// floors, closed when t ends. The table is sized so that no bucket fills:
+// every cold lookup hits. The backends' MAC is a placeholder the live bed
+// replaces.
+func smokeDatapath(t *testing.T) (*benchDatapath, *floors) {
+	t.Helper()
 	testenv.RequireBPF(t)
 	opts := loader.DefaultOptions()
-	opts.AffinityCapacity = 1 << 16 // 2000 clients fill no bucket: every cold run hits
-	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x03}
-	dp, err := newBenchDatapath(opts, families(1000, 1000), mac, mac)
+	opts.AffinityCapacity = 1 << 16
+	placeholder := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x03}
+	dp, err := newBenchDatapath(opts, families(1000, 1000), placeholder, placeholder)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	fl, err := newFloors()
+	fl, err := newFloors(opts.AffinityCapacity)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fl.Close() })
+	return dp, fl
+}
 
+// TestProgRunSmoke runs the prog.Run part of make bench with tiny sizes, so
+// the benchmark keeps building and measuring the paths it names.
+func TestProgRunSmoke(t *testing.T) {
+	dp, fl := smokeDatapath(t)
 	results, err := measureProgRun(context.Background(), dp, fl, 1000, 1, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results.Rows) != 12 {
-		t.Fatalf("%d rows, want 12 (2 families x hot/cold x 3 programs)", len(results.Rows))
+	if len(results.Rows) != 16 {
+		t.Fatalf("%d rows, want 16 (2 families x hot/cold x 4 programs)", len(results.Rows))
 	}
 	for _, row := range results.Rows {
 		if row.ThreadNs <= 0 {
@@ -53,20 +62,7 @@ func TestProgRunSmoke(t *testing.T) {
 // TestLiveSmoke runs the live veth part with tiny sizes: every traffic
 // shape, mode and program forwards all its frames, and tether's lookups hit.
 func TestLiveSmoke(t *testing.T) {
-	testenv.RequireBPF(t)
-	opts := loader.DefaultOptions()
-	opts.AffinityCapacity = 1 << 16
-	placeholder := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x03}
-	dp, err := newBenchDatapath(opts, families(1000, 1000), placeholder, placeholder)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	fl, err := newFloors()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fl.Close() })
+	dp, fl := smokeDatapath(t)
 	l := &lab{prefix: "tether-bt-"}
 	t.Cleanup(func() {
 		if err := l.teardown(); err != nil {
@@ -82,8 +78,8 @@ func TestLiveSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 2 families: every-frame traffic native and generic, flows native.
-	if len(results.Rows) != 2*3*3 {
-		t.Fatalf("%d rows, want 18", len(results.Rows))
+	if len(results.Rows) != 2*3*4 {
+		t.Fatalf("%d rows, want 24 (2 families x 3 traffic and mode pairs x 4 programs)", len(results.Rows))
 	}
 	for _, row := range results.Rows {
 		if row.Delivered != row.Sent || row.Sent == 0 || row.NsPerPacket <= 0 {

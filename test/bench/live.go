@@ -195,7 +195,8 @@ func measureLive(ctx context.Context, l *lab, bed *liveBed, dp *benchDatapath, f
 	if err := dp.pointBackends(bed.gen0.HardwareAddr, bed.dut0.HardwareAddr); err != nil {
 		return nil, err
 	}
-	programs := []liveProgram{{programTether, dp.Program, false}, {programDrop, fl.Drop, true}, {programMACSwap, fl.MACSwap, false}}
+	programs := []liveProgram{{programTether, dp.Program, false}, {programDrop, fl.Drop, true}, {programMACSwap, fl.MACSwap, false},
+		{programBucketRead, fl.BucketRead, false}}
 
 	type generator struct {
 		family family

@@ -6,8 +6,13 @@ import (
 	"fmt"
 	"net"
 
+	"unsafe"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-lb/tether/loader"
 )
 
 // The small XDP programs the benchmark builds itself with cilium/ebpf's
@@ -75,12 +80,28 @@ func newPassProgram() (*ebpf.Program, error) {
 // newMACSwapFloor is the least a forwarding XDP program does: check the
 // Ethernet header is there, swap destination and source MAC, XDP_TX.
 func newMACSwapFloor() (*ebpf.Program, error) {
-	return newXDPProgram("floor_mac_swap", asm.Instructions{
+	insns := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, xdpMDData, asm.Word),
 		asm.LoadMem(asm.R3, asm.R1, xdpMDDataEnd, asm.Word),
+	}
+	insns = append(insns, macSwap("short")...)
+	insns = append(insns,
+		asm.Mov.Imm(asm.R0, xdpTX),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("short"),
+		asm.Return(),
+	)
+	return newXDPProgram("floor_mac_swap", insns)
+}
+
+// macSwap checks that the frame from R2 to R3 has an Ethernet header (else
+// jumps to short) and swaps its destination and source MAC. It uses R0 and
+// R1 to R5.
+func macSwap(short string) asm.Instructions {
+	return asm.Instructions{
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, ethHeaderLen),
-		asm.JGT.Reg(asm.R4, asm.R3, "short"),
+		asm.JGT.Reg(asm.R4, asm.R3, short),
 		// destination MAC: bytes 0..5, source MAC: bytes 6..11
 		asm.LoadMem(asm.R4, asm.R2, 0, asm.Word),
 		asm.LoadMem(asm.R5, asm.R2, 4, asm.Half),
@@ -90,11 +111,59 @@ func newMACSwapFloor() (*ebpf.Program, error) {
 		asm.StoreMem(asm.R2, 4, asm.R1, asm.Half),
 		asm.StoreMem(asm.R2, 6, asm.R4, asm.Word),
 		asm.StoreMem(asm.R2, 10, asm.R5, asm.Half),
+	}
+}
+
+// newBucketTable is an array of buckets tether-sized buckets, zeroed, laid
+// out like tether's affinity table (mmapable, so page-aligned).
+func newBucketTable(buckets uint32) (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "bench_buckets", Type: ebpf.Array, KeySize: 4,
+		ValueSize: uint32(unsafe.Sizeof(loader.TetherAffinityBucket{})), MaxEntries: buckets, Flags: unix.BPF_F_MMAPABLE})
+	if err != nil {
+		return nil, fmt.Errorf("creating a table of %d buckets: %w", buckets, err)
+	}
+	return m, nil
+}
+
+// newBucketReadFloor is the MAC-swap floor plus the least a balancer with
+// per-client state in a table of tether's size does: hash the frame's client
+// word (where the rotating programs write it) onto one of buckets entries of
+// table, read the bucket's first word and branch on it. The read is the
+// cache miss any per-client table of that size pays for a client it has not
+// seen lately; the rest of tether's cost is its own work.
+func newBucketReadFloor(table *ebpf.Map, buckets uint32) (*ebpf.Program, error) {
+	const golden32 = -0x61c8864f // 0x9e3779b1 as a signed immediate
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, xdpMDData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R1, xdpMDDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, clientWordOffset+4),
+		asm.JGT.Reg(asm.R4, asm.R3, "short"),
+		asm.LoadMem(asm.R6, asm.R2, clientWordOffset, asm.Word),
+	}
+	insns = append(insns, macSwap("short")...)
+	insns = append(insns,
+		// Multiplicative hash, then multiply-shift onto [0, buckets), as
+		// tether indexes its table.
+		asm.Mul.Imm32(asm.R6, golden32),
+		asm.Mul.Imm(asm.R6, int32(buckets)),
+		asm.RSh.Imm(asm.R6, 32),
+		asm.StoreMem(asm.R10, -4, asm.R6, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "short"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		// Never taken (the table stays zeroed), but the verdict waits for
+		// the read like tether's does.
+		asm.JEq.Imm(asm.R1, 1, "short"),
 		asm.Mov.Imm(asm.R0, xdpTX),
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("short"),
 		asm.Return(),
-	})
+	)
+	return newXDPProgram("floor_bucket", insns)
 }
 
 // newL2ForwarderFloor is the least an L2 direct-server-return balancer

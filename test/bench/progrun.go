@@ -9,34 +9,51 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netns"
+
+	"github.com/tether-lb/tether/loader"
 )
 
 // Program names as the report shows them.
 const (
-	programTether  = "tether"
-	programDrop    = "XDP_DROP floor"
-	programMACSwap = "MAC-swap XDP_TX floor"
+	programTether     = "tether"
+	programDrop       = "XDP_DROP floor"
+	programMACSwap    = "MAC-swap XDP_TX floor"
+	programBucketRead = "MAC swap + bucket read floor"
 )
 
-// floors are the two yardstick programs.
+// floors are the yardstick programs: XDP_DROP, MAC swap with XDP_TX, and the
+// MAC swap plus one read of a client's bucket in a table of tether's size.
 type floors struct {
-	Drop, MACSwap *ebpf.Program
+	Drop, MACSwap, BucketRead *ebpf.Program
+	buckets                   *ebpf.Map
 }
 
-func newFloors() (*floors, error) {
-	drop, err := newDropFloor()
-	if err != nil {
+// newFloors builds the floors; the bucket-read floor's table is as large
+// as tether's affinity table for capacity clients.
+func newFloors(capacity uint32) (*floors, error) {
+	f := &floors{}
+	var err error
+	if f.Drop, err = newDropFloor(); err != nil {
 		return nil, err
 	}
-	swap, err := newMACSwapFloor()
-	if err != nil {
-		drop.Close()
-		return nil, err
+	if f.MACSwap, err = newMACSwapFloor(); err != nil {
+		return nil, errors.Join(err, f.Close())
 	}
-	return &floors{Drop: drop, MACSwap: swap}, nil
+	buckets := loader.AffinityBuckets(capacity)
+	if f.buckets, err = newBucketTable(buckets); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	if f.BucketRead, err = newBucketReadFloor(f.buckets, buckets); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return f, nil
 }
 
-func (f *floors) Close() error { return errors.Join(f.Drop.Close(), f.MACSwap.Close()) }
+// Close closes what newFloors made (Close of a nil program or map is a
+// no-op, so a half-built floors closes too).
+func (f *floors) Close() error {
+	return errors.Join(f.Drop.Close(), f.MACSwap.Close(), f.BucketRead.Close(), f.buckets.Close())
+}
 
 // ProgRunRow is one program on one kind of traffic, medians over rounds.
 type ProgRunRow struct {
@@ -118,7 +135,8 @@ func measureProgRun(ctx context.Context, dp *benchDatapath, fl *floors, repeat u
 			name    string
 			prog    *ebpf.Program
 			verdict uint32
-		}{{programTether, dp.Program, xdpTX}, {programDrop, fl.Drop, xdpDrop}, {programMACSwap, fl.MACSwap, xdpTX}}
+		}{{programTether, dp.Program, xdpTX}, {programDrop, fl.Drop, xdpDrop}, {programMACSwap, fl.MACSwap, xdpTX},
+			{programBucketRead, fl.BucketRead, xdpTX}}
 		for _, p := range programs {
 			variants = append(variants,
 				progRunVariant{row: ProgRunRow{Family: f.Name, Clients: 1, Program: p.name}, prog: p.prog, frame: frame, verdict: p.verdict},

@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (results *Results,
 		return nil
 	}
 
-	fl, err := newFloors()
+	fl, err := newFloors(loader.DefaultOptions().AffinityCapacity)
 	if err != nil {
 		return results, err
 	}
@@ -134,7 +134,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (results *Results,
 				return results, err
 			}
 		}
-		if results.TableSizes, err = measureTableSizes(ctx, fl, cfg.ProgRunRepeat/5, min(cfg.Rounds, 3), progress); err != nil {
+		if results.TableSizes, err = measureTableSizes(ctx, cfg.ProgRunRepeat/5, min(cfg.Rounds, 3), progress); err != nil {
 			if err := fail("prog.Run over table sizes", err); err != nil {
 				return results, err
 			}
