@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -114,8 +113,9 @@ func macSwap(short string) asm.Instructions {
 	}
 }
 
-// newBucketTable is an array of buckets tether-sized buckets, zeroed, laid
-// out like tether's affinity table (mmapable, so page-aligned).
+// newBucketTable makes a zeroed array of `buckets` buckets of the size of
+// tether's, laid out like tether's affinity table (mmapable, so
+// page-aligned).
 func newBucketTable(buckets uint32) (*ebpf.Map, error) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "bench_buckets", Type: ebpf.Array, KeySize: 4,
 		ValueSize: uint32(unsafe.Sizeof(loader.TetherAffinityBucket{})), MaxEntries: buckets, Flags: unix.BPF_F_MMAPABLE})
@@ -130,7 +130,8 @@ func newBucketTable(buckets uint32) (*ebpf.Map, error) {
 // word (where the rotating programs write it) onto one of buckets entries of
 // table, read the bucket's first word and branch on it. The read is the
 // cache miss any per-client table of that size pays for a client it has not
-// seen lately; the rest of tether's cost is its own work.
+// seen lately; what tether costs beyond this floor is its own work and the
+// part of the read's latency that work leaves exposed.
 func newBucketReadFloor(table *ebpf.Map, buckets uint32) (*ebpf.Program, error) {
 	const golden32 = -0x61c8864f // 0x9e3779b1 as a signed immediate
 	insns := asm.Instructions{

@@ -28,7 +28,7 @@ type floors struct {
 	buckets                   *ebpf.Map
 }
 
-// newFloors builds the floors; the bucket-read floor's table is as large
+// newFloors builds the floors; the bucket read floor's table is as large
 // as tether's affinity table for capacity clients.
 func newFloors(capacity uint32) (*floors, error) {
 	f := &floors{}

@@ -17,8 +17,8 @@ type TableSizeRow struct {
 	MiB      float64 // the table's memory
 	HotNs    float64 // one client
 	ColdNs   float64 // every packet another of the clients
-	// FloorColdNs is the bucket-read floor over a table of the same size,
-	// cold: the memory access alone.
+	// FloorColdNs is the bucket read floor over a table of the same size,
+	// cold: the rotator, a MAC swap and the bucket read.
 	FloorColdNs float64
 }
 
@@ -28,7 +28,7 @@ var tableSizeCapacities = []uint32{1 << 18, 1 << 20, 1 << 22, 1 << 23}
 
 // measureTableSizes runs tether's hot and cold IPv4 prog.Run rows over
 // tables of several sizes holding the same maxClients4 clients, beside the
-// bucket-read floor over a table of each size: the lookups are the same,
+// bucket read floor over a table of each size: the lookups are the same,
 // only the memory they are spread over differs.
 func measureTableSizes(ctx context.Context, repeat uint32, rounds int, progress io.Writer) ([]TableSizeRow, error) {
 	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x03}
