@@ -16,8 +16,9 @@
  *
  * CPUs share the table without locks. A writer claims a way by swapping its
  * route for ROUTE_BUSY (compare-and-swap: of two writers only one wins), then
- * writes the client and the time and publishes the route last, with an
- * atomic exchange, which orders the writes before it on every CPU. A reader
+ * writes the client and the time and publishes the route last, with a
+ * sequentially consistent atomic exchange, which orders the writes before
+ * it on every CPU. A reader
  * accepts an entry only when the route it read before comparing the client
  * is still there after. On x86, where loads are not reordered with each
  * other, a reader thus never pairs one client's address with another's
@@ -116,8 +117,15 @@ affinity_find(struct affinity_bucket *b, __u32 vip_id, const __u8 *client,
 		struct affinity_entry *e = &b->way[w];
 		__u64 r = READ_ONCE_U64(e->route);
 
-		if (r == 0 || r == ROUTE_BUSY || route_vip(r) != vip_id || !same_client(e, client))
+		if (r == 0 || r == ROUTE_BUSY || route_vip(r) != vip_id)
 			continue;
+		/* The client's words are plain loads: the barriers keep the
+		 * compiler from moving them before the first read of the route
+		 * or after the second. */
+		barrier();
+		if (!same_client(e, client))
+			continue;
+		barrier();
 		if (READ_ONCE_U64(e->route) != r)
 			continue;
 		*route = r;
@@ -172,7 +180,9 @@ static __always_inline int affinity_write(struct affinity_entry *e, __u64 seen,
 	dst[2] = src[2];
 	dst[3] = src[3];
 	e->last_seen_ns = now;
-	__sync_lock_test_and_set(&e->route, route);
+	/* Sequentially consistent, not __sync_lock_test_and_set's acquire:
+	 * the compiler must not move the writes above below the publish. */
+	__atomic_exchange_n(&e->route, route, __ATOMIC_SEQ_CST);
 	return 0;
 }
 

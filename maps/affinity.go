@@ -183,7 +183,11 @@ func (t affinityTable) put(key AffinityKey, a Affinity) (replaced Affinity, ok b
 	return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: %w", key.VIPID, errAffinityBusy)
 }
 
-// delete clears every way holding key.
+// delete clears every way holding key. It claims a way before it clears
+// it, as a writer does, and compares the client again while it holds it: a
+// way the datapath rewrote for another client with an equal route since it
+// was read is put back, not cleared. A way a writer holds is not key's yet:
+// the delete comes first.
 func (t affinityTable) delete(key AffinityKey) error {
 	if len(t.buckets) == 0 {
 		return fmt.Errorf("deleting affinity of VIP id %d: %w", key.VIPID, ErrNotFound)
@@ -191,17 +195,25 @@ func (t affinityTable) delete(key AffinityKey) error {
 	b := t.bucket(key)
 	found, busy := false, false
 	for i := range b.Way {
+		e := &b.Way[i]
 		cleared := false
 		for range 3 {
-			w := readWay(&b.Way[i])
+			w := readWay(e)
 			if !w.ok || w.key != key {
 				cleared = true // not key's, or no longer
 				break
 			}
-			if atomic.CompareAndSwapUint64(&b.Way[i].Route, w.route, 0) {
-				found, cleared = true, true
-				break
+			if !atomic.CompareAndSwapUint64(&e.Route, w.route, routeBusy) {
+				continue
 			}
+			if e.Client == key.Client {
+				atomic.StoreUint64(&e.Route, 0)
+				found = true
+			} else {
+				atomic.StoreUint64(&e.Route, w.route)
+			}
+			cleared = true
+			break
 		}
 		busy = busy || !cleared
 	}

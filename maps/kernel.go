@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -15,8 +16,12 @@ import (
 
 // Kernel is Maps over the datapath's real BPF maps.
 type Kernel struct {
-	maps     *loader.TetherMaps
-	limits   Limits
+	maps   *loader.TetherMaps
+	limits Limits
+	// mu guards the mappings: Close unmaps them only when no call is
+	// reading them (a scrape may still be scanning the table as the daemon
+	// shuts down).
+	mu       sync.RWMutex
 	affinity affinityTable // the affinity map, mapped into this process
 	vipEpoch *uint64       // the vip_epoch map's value, mapped
 	mapped   [][]byte
@@ -62,6 +67,8 @@ func (k *Kernel) SetAffinitySalt(salt uint64) error {
 	if err := k.maps.AffinitySalt.Put(uint32(0), salt); err != nil {
 		return fmt.Errorf("writing the affinity table's salt: %w", err)
 	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.affinity.salt = salt
 	return nil
 }
@@ -83,6 +90,8 @@ var errClosed = errors.New("the datapath's maps were closed")
 // Close unmaps what NewKernel mapped. The maps stay open; the affinity table
 // reads as empty and VIPs can no longer be changed.
 func (k *Kernel) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.affinity, k.vipEpoch = affinityTable{}, nil
 	var errs []error
 	for _, mapped := range k.mapped {
@@ -121,6 +130,8 @@ func (k *Kernel) VIP(key VIPKey) (VIP, error) {
 
 // PutVIP creates or replaces the entry of key.
 func (k *Kernel) PutVIP(key VIPKey, v VIP) error {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	if k.vipEpoch == nil {
 		return fmt.Errorf("writing VIP %s: %w", key, errClosed)
 	}
@@ -133,6 +144,8 @@ func (k *Kernel) PutVIP(key VIPKey, v VIP) error {
 
 // DeleteVIP removes the entry of key.
 func (k *Kernel) DeleteVIP(key VIPKey) error {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	if k.vipEpoch == nil {
 		return fmt.Errorf("deleting VIP %s: %w", key, errClosed)
 	}
@@ -213,22 +226,30 @@ func (k *Kernel) Table(vipID uint32, slot uint8, size uint32) ([]BackendID, erro
 
 // Affinity returns a client's entry.
 func (k *Kernel) Affinity(key AffinityKey) (Affinity, error) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	return k.affinity.get(key)
 }
 
 // PutAffinity writes a client's entry where the datapath would put it.
 func (k *Kernel) PutAffinity(key AffinityKey, a Affinity) error {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	_, _, err := k.affinity.put(key, a)
 	return err
 }
 
 // DeleteAffinity removes a client's entry.
 func (k *Kernel) DeleteAffinity(key AffinityKey) error {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	return k.affinity.delete(key)
 }
 
 // Affinities returns every entry.
 func (k *Kernel) Affinities() (map[AffinityKey]Affinity, error) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	out := make(map[AffinityKey]Affinity)
 	k.affinity.each(func(key AffinityKey, a Affinity) { out[key] = a })
 	return out, nil
@@ -236,12 +257,16 @@ func (k *Kernel) Affinities() (map[AffinityKey]Affinity, error) {
 
 // ForEachAffinity calls fn for every entry, read in place.
 func (k *Kernel) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	k.affinity.each(fn)
 	return nil
 }
 
 // AffinityCount returns the number of entries.
 func (k *Kernel) AffinityCount() (int, error) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
 	return k.affinity.count(), nil
 }
 

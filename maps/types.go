@@ -133,6 +133,20 @@ type Affinity struct {
 	LastSeen   uint64 // CLOCK_MONOTONIC nanoseconds
 }
 
+// MaxClockSkew is how far ahead of now a stamp is still trusted
+// (MAX_CLOCK_SKEW_NS in bpf/consts.h): a writer's clock may run a little
+// ahead, but a stamp far in the future must not stay fresh for ever.
+const MaxClockSkew = time.Second
+
+// Fresh is the datapath's rule for a CLOCK_MONOTONIC stamp at now: at most
+// timeout old, or at most MaxClockSkew ahead.
+func Fresh(now, stamp uint64, timeout time.Duration) bool {
+	if now < stamp {
+		return stamp-now <= uint64(MaxClockSkew)
+	}
+	return now-stamp <= uint64(timeout)
+}
+
 // Settings are the datapath's switches.
 type Settings struct {
 	Seed            uint32

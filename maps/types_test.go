@@ -97,3 +97,24 @@ func TestReplaceTableFlipsSlotAndAlias(t *testing.T) {
 		}
 	}
 }
+
+// TestFresh: a stamp is fresh up to the timeout in the past and up to
+// MaxClockSkew in the future, as in the datapath.
+func TestFresh(t *testing.T) {
+	const now = uint64(1000 * time.Second)
+	for _, c := range []struct {
+		stamp uint64
+		want  bool
+	}{
+		{now, true},
+		{now - uint64(10*time.Second), true},
+		{now - uint64(10*time.Second) - 1, false},
+		{now + uint64(MaxClockSkew), true},
+		{now + uint64(MaxClockSkew) + 1, false},
+		{0, false},
+	} {
+		if got := Fresh(now, c.stamp, 10*time.Second); got != c.want {
+			t.Errorf("Fresh(%d, %d, 10s) = %v, want %v", now, c.stamp, got, c.want)
+		}
+	}
+}

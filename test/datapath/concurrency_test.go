@@ -166,3 +166,41 @@ func TestVIPChangeSeenOnEveryCPU(t *testing.T) {
 	// The other VIP is untouched.
 	onEveryCPU(frame(client6, vip6), forwardTX)
 }
+
+// TestKernelCloseWaitsForScans closes the Kernel while a scan of the
+// affinity table is running, as a daemon shutting down may while a scrape
+// counts clients: Close waits for the scan instead of unmapping the table
+// under it, and the table reads as empty afterwards.
+func TestKernelCloseWaitsForScans(t *testing.T) {
+	h := newHarness(t)
+	key := maps.AffinityKey{VIPID: 1, Client: [16]byte{198, 18, 0, 7}}
+	if err := h.kernel.PutAffinity(key, maps.Affinity{Backend: 2, Generation: 1, LastSeen: 1}); err != nil {
+		t.Fatal(err)
+	}
+	inScan, release := make(chan struct{}), make(chan struct{})
+	scanned := make(chan error, 1)
+	go func() {
+		scanned <- h.kernel.ForEachAffinity(func(maps.AffinityKey, maps.Affinity) {
+			close(inScan)
+			<-release
+		})
+	}()
+	<-inScan
+	closed := make(chan error, 1)
+	go func() { closed <- h.kernel.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a scan was reading the table", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-scanned; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if n, err := h.kernel.AffinityCount(); err != nil || n != 0 {
+		t.Errorf("after Close: %d entries (%v), want an empty table", n, err)
+	}
+}

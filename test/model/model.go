@@ -221,16 +221,6 @@ func clientKey(pkt *packet, vip maps.VIP) maps.AffinityKey {
 	return key
 }
 
-// maxClockSkewNs is how far ahead of now a stamp is still trusted.
-const maxClockSkewNs = 1_000_000_000
-
-func fresh(now, stamp, timeout uint64) bool {
-	if now < stamp {
-		return stamp-now <= maxClockSkewNs
-	}
-	return now-stamp <= timeout
-}
-
 func (d *Datapath) maglevBackend(vip maps.VIP, hash uint32) maps.BackendID {
 	limits := d.Maps.Limits()
 	if vip.TableSize == 0 || vip.TableSize > limits.TableStride {
@@ -276,7 +266,7 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 	if !cfg.Active {
 		return int(loader.TetherOutcomeOUTCOME_PASS_INACTIVE)
 	}
-	if cfg.WatchdogTimeout != 0 && !fresh(now, cfg.Watchdog, uint64(cfg.WatchdogTimeout)) {
+	if cfg.WatchdogTimeout != 0 && !maps.Fresh(now, cfg.Watchdog, cfg.WatchdogTimeout) {
 		return int(loader.TetherOutcomeOUTCOME_PASS_WATCHDOG)
 	}
 	var pkt packet
@@ -304,7 +294,7 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 	switch {
 	case err != nil:
 		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_MISS
-	case !fresh(now, entry.LastSeen, uint64(vip.AffinityTimeout)):
+	case !maps.Fresh(now, entry.LastSeen, vip.AffinityTimeout):
 		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_EXPIRED
 	default:
 		be, ok := d.lookupBackend(entry.Backend)
@@ -328,7 +318,7 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 	}
 	res.Backend = id
 	replaced, evicted, err := d.Maps.InsertAffinity(key, maps.Affinity{Backend: id, Generation: be.Generation, LastSeen: now})
-	if evicted && fresh(now, replaced.LastSeen, uint64(vip.AffinityTimeout)) {
+	if evicted && maps.Fresh(now, replaced.LastSeen, vip.AffinityTimeout) {
 		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_EVICT
 	}
 	if err != nil {

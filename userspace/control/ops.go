@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/tether-lb/tether/maps"
 )
@@ -165,7 +164,7 @@ func (d *Daemon) pinnedCounts() (map[maps.BackendID]int, error) {
 		if v == nil || rt == nil || key.VIPID != v.ID || a.Generation != rt.generation {
 			return
 		}
-		if now <= a.LastSeen || time.Duration(now-a.LastSeen) <= v.AffinityTimeout {
+		if maps.Fresh(now, a.LastSeen, v.AffinityTimeout) {
 			counts[a.Backend]++
 		}
 	})
