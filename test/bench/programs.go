@@ -84,13 +84,19 @@ func newMACSwapFloor() (*ebpf.Program, error) {
 		asm.LoadMem(asm.R3, asm.R1, xdpMDDataEnd, asm.Word),
 	}
 	insns = append(insns, macSwap("short")...)
-	insns = append(insns,
-		asm.Mov.Imm(asm.R0, xdpTX),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("short"),
-		asm.Return(),
-	)
+	insns = append(insns, verdicts(xdpTX, "short", xdpDrop)...)
 	return newXDPProgram("floor_mac_swap", insns)
+}
+
+// verdicts ends a program: return verdict, and at label return
+// labelVerdict.
+func verdicts(verdict int32, label string, labelVerdict int32) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Imm(asm.R0, verdict),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, labelVerdict).WithSymbol(label),
+		asm.Return(),
+	}
 }
 
 // macSwap checks that the frame from R2 to R3 has an Ethernet header (else
@@ -150,20 +156,15 @@ func newBucketReadFloor(table *ebpf.Map, buckets uint32) (*ebpf.Program, error) 
 		asm.Mul.Imm(asm.R6, int32(buckets)),
 		asm.RSh.Imm(asm.R6, 32),
 		asm.StoreMem(asm.R10, -4, asm.R6, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, table.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "short"),
+	)
+	insns = append(insns, lookupStackKey(table, "short")...)
+	insns = append(insns,
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
 		// Never taken (the table stays zeroed), but the verdict waits for
 		// the read like tether's does.
 		asm.JEq.Imm(asm.R1, 1, "short"),
-		asm.Mov.Imm(asm.R0, xdpTX),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("short"),
-		asm.Return(),
 	)
+	insns = append(insns, verdicts(xdpTX, "short", xdpDrop)...)
 	return newXDPProgram("floor_bucket", insns)
 }
 
@@ -222,14 +223,12 @@ func newCounterMap(name string) (*ebpf.Map, error) {
 // counter in position. It leaves the context in R6 and jumps to "abort" when
 // the frame is too short.
 func rotateClient(position *ebpf.Map, cycle clientCycle) asm.Instructions {
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.StoreImm(asm.R10, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, position.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "abort"),
+	}
+	insns = append(insns, lookupStackKey(position, "abort")...)
+	return append(insns,
 		asm.LoadMem(asm.R7, asm.R0, 0, asm.DWord), // this frame's number
 		asm.Mov.Reg(asm.R8, asm.R7),
 		asm.Add.Imm(asm.R8, 1),
@@ -246,6 +245,18 @@ func rotateClient(position *ebpf.Map, cycle clientCycle) asm.Instructions {
 		asm.Add.Imm(asm.R4, clientWordOffset+4),
 		asm.JGT.Reg(asm.R4, asm.R3, "abort"),
 		asm.StoreMem(asm.R2, clientWordOffset, asm.R7, asm.Word),
+	)
+}
+
+// lookupStackKey looks up the 4-byte key stored at R10-4 in m and leaves
+// the value's pointer in R0, or jumps to missing if there is none.
+func lookupStackKey(m *ebpf.Map, missing string) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, missing),
 	}
 }
 
@@ -253,13 +264,7 @@ func rotateClient(position *ebpf.Map, cycle clientCycle) asm.Instructions {
 // it with XDP_TX: run with BPF_F_TEST_XDP_LIVE_FRAMES it is a traffic
 // generator from many clients.
 func newRotatingGenerator(position *ebpf.Map, cycle clientCycle) (*ebpf.Program, error) {
-	insns := rotateClient(position, cycle)
-	insns = append(insns,
-		asm.Mov.Imm(asm.R0, xdpTX),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, xdpAborted).WithSymbol("abort"),
-		asm.Return(),
-	)
+	insns := append(rotateClient(position, cycle), verdicts(xdpTX, "abort", xdpAborted)...)
 	return newXDPProgram("gen_clients", insns)
 }
 
@@ -293,20 +298,15 @@ func newRotatingTailCaller(position, target *ebpf.Map, cycle clientCycle) (*ebpf
 // newCountingSink counts every frame in slot 0 of the per-CPU array counts
 // and drops it.
 func newCountingSink(counts *ebpf.Map) (*ebpf.Program, error) {
-	return newXDPProgram("sink_count", asm.Instructions{
-		asm.StoreImm(asm.R10, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, counts.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "drop"),
+	insns := append(asm.Instructions{asm.StoreImm(asm.R10, -4, 0, asm.Word)}, lookupStackKey(counts, "drop")...)
+	return newXDPProgram("sink_count", append(insns,
 		// Per-CPU slot: no other CPU writes it, a plain add is enough.
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
 		asm.Add.Imm(asm.R1, 1),
 		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
 		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("drop"),
 		asm.Return(),
-	})
+	))
 }
 
 // newPerCPUCounter makes the per-CPU array the sink counts into.
