@@ -18,9 +18,8 @@
  * route for ROUTE_BUSY (compare-and-swap: of two writers only one wins), then
  * writes the client and the time and publishes the route last, with a
  * sequentially consistent atomic exchange, which orders the writes before
- * it on every CPU. A reader
- * accepts an entry only when the route it read before comparing the client
- * is still there after. On x86, where loads are not reordered with each
+ * it on every CPU. A reader accepts an entry only when the route it read
+ * before comparing the client is still there after. On x86, where loads are not reordered with each
  * other, a reader thus never pairs one client's address with another's
  * route; on weakly ordered CPUs (arm64) it may, rarely, for one packet.
  * Two limits hold everywhere: a route is not a version, so a way rewritten

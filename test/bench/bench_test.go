@@ -10,7 +10,7 @@ import (
 	"github.com/tether-lb/tether/test/testenv"
 )
 
-// smokeDatapath is tether with 1000 clients of each family and the two
+// smokeDatapath is tether with 1000 clients of each family and the
 // floors, closed when t ends. The table is sized so that no bucket fills:
 // every cold lookup hits. The backends' MAC is a placeholder the live bed
 // replaces.

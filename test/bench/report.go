@@ -182,7 +182,7 @@ func (r *Results) writeProgRun(b *strings.Builder) {
 	w("each with its own entry in the full affinity map. The floors run behind the same rotator, so its cost (a few ns) is on both sides of the ratio. ")
 	w("The **bucket read floor** is the MAC-swap floor plus what any balancer keeping per-client state in a table of tether's size must do: ")
 	w("hash the client onto one 128-byte bucket of a zeroed array of the same size and read it. Cold, that read misses the cache as tether's does; ")
-	w("tether over that floor is the cost of its own work.\n\n")
+	w("tether over that floor is its own work plus whatever part of the read's latency that work leaves exposed.\n\n")
 	w("| frame | clients | program | kernel ns | CPU ns (min–max) | × XDP_DROP | × XDP_TX floor | × bucket read floor |\n|---|---|---|---|---|---|---|---|\n")
 	for _, row := range p.Rows {
 		drop, _ := p.Row(row.Family, row.Clients, programDrop)
@@ -206,8 +206,8 @@ func (r *Results) writeProgRun(b *strings.Builder) {
 		return
 	}
 	w("**The table's size.** The same %d IPv4 clients, cold, in tables sized for more and more clients (fewer repetitions and rounds than above): ", maxClients4)
-	w("the lookups are the same, only the memory they spread over grows, and with it the cost of reaching a bucket: ")
-	w("the bucket read floor over a table of each size grows alike, so the growth is the memory's, not tether's. ")
+	w("the lookups are the same, only the memory they spread over grows, and with it the cost of reaching a bucket, for the bucket read floor over a table of each size too. ")
+	w("tether grows more than the floor: the floor's reads of consecutive packets overlap, tether's one at a time do not. ")
 	w("Size `--affinity-capacity` for the clients there are, not far above.\n\n")
 	w("| --affinity-capacity | table | tether hot ns | tether cold ns | bucket read floor cold ns | tether cold − floor ns |\n|---|---|---|---|---|---|\n")
 	for _, row := range r.TableSizes {
