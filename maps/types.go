@@ -158,9 +158,6 @@ type Settings struct {
 // Counters are one counter slot summed over CPUs.
 type Counters = loader.TetherLbCounters
 
-// Outcome is what the datapath did with a packet.
-type Outcome = loader.TetherOutcome
-
 // Limits are the sizes the maps were created with.
 type Limits struct {
 	MaxVIPs         uint32
@@ -222,38 +219,41 @@ type Maps interface {
 	Limits() Limits
 }
 
-// ReplaceTable installs table as the VIP's Maglev table without the datapath
-// ever seeing a half-written one: it fills the inactive slot, then flips the
-// VIP's table_slot (and the fragment alias's, if any) with one update each.
-func ReplaceTable(m Maps, key VIPKey, table []BackendID) error {
-	vip, err := m.VIP(key)
-	if err != nil {
-		return fmt.Errorf("replacing Maglev table of %s: %w", key, err)
-	}
+// InstallTable makes info, with table as its Maglev table, the datapath's
+// entry for key without the datapath ever reading a half-written table. A
+// VIP the datapath has already gets table in its inactive slot, then the
+// slot flips with one update of its entry, and of its fragment alias if the
+// alias names the same VIP. A new VIP gets slot 0, filled before its entry
+// exists. info's TableSize and TableSlot are set here; the entry as
+// installed is returned.
+func InstallTable(m Maps, key VIPKey, info VIP, table []BackendID) (VIP, error) {
 	if uint32(len(table)) > m.Limits().TableStride || len(table) == 0 {
-		return fmt.Errorf("replacing Maglev table of %s: size %d is out of range 1..%d", key, len(table), m.Limits().TableStride)
+		return VIP{}, fmt.Errorf("installing Maglev table of %s: size %d is out of range 1..%d", key, len(table), m.Limits().TableStride)
 	}
-	next := vip.TableSlot ^ 1
-	if err := m.PutTable(vip.ID, next, table); err != nil {
-		return fmt.Errorf("replacing Maglev table of %s: %w", key, err)
+	info.TableSize, info.TableSlot = uint32(len(table)), 0
+	switch current, err := m.VIP(key); {
+	case err == nil:
+		info.TableSlot = current.TableSlot ^ 1
+	case !errors.Is(err, ErrNotFound):
+		return VIP{}, fmt.Errorf("reading VIP %s before installing its Maglev table: %w", key, err)
 	}
-	vip.TableSlot = next
-	vip.TableSize = uint32(len(table))
-	if err := m.PutVIP(key, vip); err != nil {
-		return fmt.Errorf("switching %s to its new Maglev table: %w", key, err)
+	if err := m.PutTable(info.ID, info.TableSlot, table); err != nil {
+		return VIP{}, fmt.Errorf("writing Maglev table of %s: %w", key, err)
 	}
+	if err := m.PutVIP(key, info); err != nil {
+		return VIP{}, fmt.Errorf("switching %s to its new Maglev table: %w", key, err)
+	}
+	// Non-first fragments must follow the swap too.
 	alias := FragmentAlias(key)
-	aliasVIP, err := m.VIP(alias)
-	if errors.Is(err, ErrNotFound) || (err == nil && aliasVIP.ID != vip.ID) {
-		return nil
+	switch aliasInfo, err := m.VIP(alias); {
+	case err == nil && aliasInfo.ID == info.ID:
+		if err := m.PutVIP(alias, info); err != nil {
+			return VIP{}, fmt.Errorf("switching the fragment alias of %s to its new Maglev table: %w", key, err)
+		}
+	case err != nil && !errors.Is(err, ErrNotFound):
+		return VIP{}, fmt.Errorf("reading the fragment alias of %s: %w", key, err)
 	}
-	if err != nil {
-		return fmt.Errorf("reading fragment alias of %s: %w", key, err)
-	}
-	if err := m.PutVIP(alias, vip); err != nil {
-		return fmt.Errorf("switching fragment alias of %s to its new Maglev table: %w", key, err)
-	}
-	return nil
+	return info, nil
 }
 
 // Byte order and layout conversions, in one place.

@@ -1,7 +1,6 @@
 package maps
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"testing"
@@ -70,29 +69,41 @@ func hexColons(s string) string {
 	return out
 }
 
-func TestReplaceTableFlipsSlotAndAlias(t *testing.T) {
+func TestInstallTableFillsThenFlipsSlotAndAlias(t *testing.T) {
 	m := NewFake(Limits{MaxVIPs: 4, TableStride: 7, MaxBackends: 8, AffinityBuckets: 16})
 	key := VIPKey{Addr: netip.MustParseAddr("198.18.1.1"), Port: 80, Proto: TCP}
-	if err := ReplaceTable(m, key, []BackendID{1}); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("replacing the table of a missing VIP: %v, want ErrNotFound", err)
+	first, err := InstallTable(m, key, VIP{ID: 2, TableSlot: 1}, []BackendID{1, 1, 1})
+	if err != nil {
+		t.Fatal(err)
 	}
-	vip := VIP{ID: 2, TableSlot: 0}
-	_ = m.PutVIP(key, vip)
-	_ = m.PutVIP(FragmentAlias(key), vip)
-	if err := ReplaceTable(m, key, []BackendID{1, 2, 1, 2, 1}); err != nil {
+	if got, _ := m.VIP(key); got != first || first.TableSlot != 0 || first.TableSize != 3 {
+		t.Fatalf("first install: returned %+v, map holds %+v; want slot 0, size 3, the same", first, got)
+	}
+	_ = m.PutVIP(FragmentAlias(key), first)
+	installed, err := InstallTable(m, key, first, []BackendID{1, 2, 1, 2, 1})
+	if err != nil {
 		t.Fatal(err)
 	}
 	got, _ := m.VIP(key)
 	alias, _ := m.VIP(FragmentAlias(key))
-	if got.TableSlot != 1 || got.TableSize != 5 || alias != got {
+	if got != installed || got.TableSlot != 1 || got.TableSize != 5 || alias != got {
 		t.Fatalf("after replacement VIP %+v, alias %+v: want slot 1, size 5, alias equal", got, alias)
 	}
-	table, _ := m.Table(2, 1, 5)
-	if table[1] != 2 {
+	if table, _ := m.Table(2, 1, 5); table[1] != 2 {
 		t.Fatalf("new table %v not written to slot 1", table)
 	}
+	if table, _ := m.Table(2, 0, 3); table[0] != 1 {
+		t.Fatalf("the live table %v was written while the new one was filled", table)
+	}
+	other := VIPKey{Addr: key.Addr, Port: 81, Proto: TCP}
+	if _, err := InstallTable(m, other, VIP{ID: 3}, []BackendID{1}); err != nil {
+		t.Fatal(err)
+	}
+	if alias, _ := m.VIP(FragmentAlias(key)); alias != got {
+		t.Fatalf("installing VIP id 3 rewrote the fragment alias of VIP id 2: %+v", alias)
+	}
 	for _, size := range []int{0, 8} {
-		if err := ReplaceTable(m, key, make([]BackendID, size)); err == nil {
+		if _, err := InstallTable(m, key, got, make([]BackendID, size)); err == nil {
 			t.Errorf("a table of %d entries with stride 7 was accepted", size)
 		}
 	}

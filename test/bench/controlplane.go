@@ -48,7 +48,7 @@ type HealthResult struct {
 // ControlResults are the control-plane measurements.
 type ControlResults struct {
 	MaglevBuildMs map[int]float64 // by backend count, M = 65537
-	SwapMs        float64         // ReplaceTable of a 65537-slot table into the kernel maps
+	SwapMs        float64         // InstallTable of a 65537-slot table into the kernel maps
 	// Affinity map memory as the kernel accounts it (memlock), for its
 	// capacity, and scaled to one million entries.
 	AffinityCapacity   uint32
@@ -113,9 +113,13 @@ func measureControlPlane(l *lab, dp *benchDatapath, cfg ControlConfig, progress 
 	}
 	swap := samples{}
 	key := dp.families[0].vipKey()
+	vip, err := dp.kernel.VIP(key)
+	if err != nil {
+		return nil, err
+	}
 	for round := range cfg.Rounds + 1 {
 		start := time.Now()
-		if err := maps.ReplaceTable(dp.kernel, key, tables[round%2]); err != nil {
+		if vip, err = maps.InstallTable(dp.kernel, key, vip, tables[round%2]); err != nil {
 			return nil, err
 		}
 		if round > 0 {

@@ -161,10 +161,7 @@ func (b *benchDatapath) install(backendMAC, sourceMAC net.HardwareAddr) error {
 	}
 	for _, f := range b.families {
 		vip := maps.VIP{ID: f.VIPID, AffinityTimeout: benchAffinityTimeout, Prefix4: 32, Prefix6: 64}
-		if err := b.kernel.PutVIP(f.vipKey(), vip); err != nil {
-			return err
-		}
-		if err := maps.ReplaceTable(b.kernel, f.vipKey(), ids); err != nil {
+		if _, err := maps.InstallTable(b.kernel, f.vipKey(), vip, ids); err != nil {
 			return err
 		}
 	}

@@ -325,7 +325,7 @@ func (r *Results) writeControl(b *strings.Builder) {
 	for _, n := range c.MaglevBackendCounts {
 		w("| Maglev build, %d backends, M = 65537 (median of %d) | %.2f ms |\n", n, c.Rounds, c.MaglevBuildMs[n])
 	}
-	w("| table swap: ReplaceTable of 65537 slots into the kernel maps, then the VIP's slot flip (median of %d) | %.2f ms |\n", c.Rounds, c.SwapMs)
+	w("| table swap: InstallTable of 65537 slots into the kernel maps, then the VIP's slot flip (median of %d) | %.2f ms |\n", c.Rounds, c.SwapMs)
 	w("| affinity table memory (kernel memlock of the array, full or empty) | %.1f MiB for a capacity of %d clients = %.1f MiB per million |\n",
 		float64(c.AffinityMemlock)/(1<<20), c.AffinityCapacity, c.AffinityPerMillion/(1<<20))
 	w("| affinity table scan: counting its %d entries in place through the daemon's mapping, as each /metrics scrape does (median of %d) | %.1f ms |\n",

@@ -16,7 +16,6 @@ import (
 
 	"github.com/tether-lb/tether/loader"
 	"github.com/tether-lb/tether/maps"
-	"github.com/tether-lb/tether/test/model"
 )
 
 // TestAffinityTableConcurrentWriters runs the program on every CPU at once
@@ -63,7 +62,7 @@ func TestAffinityTableConcurrentWriters(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					if verdict != model.XDPTx || !bytes.Equal(out[:6], backendMAC(want[keys[i]])) {
+					if verdict != maps.XDPTx || !bytes.Equal(out[:6], backendMAC(want[keys[i]])) {
 						return fmt.Errorf("client %d: verdict %d to MAC % x, want XDP_TX to backend %d", i, verdict, out[:6], want[keys[i]])
 					}
 					runs.Add(1)

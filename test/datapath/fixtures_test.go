@@ -74,7 +74,14 @@ func setTableTo(h *harness, key maps.VIPKey, id maps.BackendID) {
 	for i := range table {
 		table[i] = id
 	}
-	h.apply(func(m maps.Maps) error { return maps.ReplaceTable(m, key, table) })
+	h.apply(func(m maps.Maps) error {
+		vip, err := m.VIP(key)
+		if err != nil {
+			return err
+		}
+		_, err = maps.InstallTable(m, key, vip, table)
+		return err
+	})
 }
 
 func TestForwarding(t *testing.T) {
@@ -195,7 +202,7 @@ func TestTruncated(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s cut to %d bytes: %v", name, n, err)
 			}
-			if res.Verdict != model.XDPDrop {
+			if res.Verdict != maps.XDPDrop {
 				t.Fatalf("%s cut to %d bytes: verdict %d (outcome %d), want a drop", name, n, res.Verdict, res.Outcome)
 			}
 			runs++

@@ -91,7 +91,7 @@ func (h *harness) compare(frame []byte) (model.Result, error) {
 		if len(frame) < 14 && errors.Is(err, unix.EINVAL) {
 			// The kernel refuses frames shorter than an Ethernet header, so
 			// the program never sees one; the model would drop it.
-			return model.Result{Outcome: malformedEth, Verdict: model.XDPDrop, Frame: frame, VIPID: model.NoVIP}, nil
+			return model.Result{Outcome: malformedEth, Verdict: maps.XDPDrop, Frame: frame, VIPID: model.NoVIP}, nil
 		}
 		return model.Result{}, fmt.Errorf("running program: %w", err)
 	}
@@ -186,10 +186,7 @@ func (h *harness) setupFixture() {
 	h.apply(func(m maps.Maps) error {
 		for i, key := range []maps.VIPKey{vip4, vip4UDP, vip6} {
 			vip := maps.VIP{ID: uint32(i), AffinityTimeout: 120 * time.Second, Prefix4: 32, Prefix6: 64, TableSlot: 1}
-			if err := m.PutVIP(key, vip); err != nil {
-				return err
-			}
-			if err := maps.ReplaceTable(m, key, ids); err != nil {
+			if _, err := maps.InstallTable(m, key, vip, ids); err != nil {
 				return err
 			}
 		}

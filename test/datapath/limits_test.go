@@ -14,7 +14,6 @@ import (
 
 	"github.com/tether-lb/tether/loader"
 	"github.com/tether-lb/tether/maps"
-	"github.com/tether-lb/tether/test/model"
 	"github.com/tether-lb/tether/test/packets"
 	"github.com/tether-lb/tether/userspace/control"
 	"github.com/tether-lb/tether/userspace/maglev"
@@ -430,7 +429,7 @@ func TestJumboFrames(t *testing.T) {
 					len(tc.frame), after.Packets[tc.wanted]-before.Packets[tc.wanted], tc.wanted, seen)
 			}
 			want := h.model.Run(tc.frame[:seen], monotonicCoarse())
-			if verdict != want.Verdict || want.Outcome != tc.wanted || verdict != model.XDPDrop {
+			if verdict != want.Verdict || want.Outcome != tc.wanted || verdict != maps.XDPDrop {
 				t.Fatalf("verdict %d, model says %d (outcome %d); want a drop at outcome %d", verdict, want.Verdict, want.Outcome, tc.wanted)
 			}
 			if string(out) != string(tc.frame) {

@@ -14,15 +14,6 @@ import (
 	"github.com/tether-lb/tether/userspace/maglev"
 )
 
-// XDP verdicts (include/uapi/linux/bpf.h).
-const (
-	XDPAborted  uint32 = 0
-	XDPDrop     uint32 = 1
-	XDPPass     uint32 = 2
-	XDPTx       uint32 = 3
-	XDPRedirect uint32 = 4
-)
-
 // NoVIP marks a packet that matched no VIP.
 const NoVIP = ^uint32(0)
 
@@ -330,26 +321,6 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 	return d.forward(frame, be)
 }
 
-func verdict(outcome maps.Outcome) uint32 {
-	switch outcome {
-	case loader.TetherOutcomeOUTCOME_FORWARD_TX:
-		return XDPTx
-	case loader.TetherOutcomeOUTCOME_FORWARD_REDIRECT:
-		return XDPRedirect
-	case loader.TetherOutcomeOUTCOME_PASS_INACTIVE,
-		loader.TetherOutcomeOUTCOME_PASS_WATCHDOG,
-		loader.TetherOutcomeOUTCOME_PASS_NOT_IP,
-		loader.TetherOutcomeOUTCOME_PASS_NOT_TCP_UDP,
-		loader.TetherOutcomeOUTCOME_PASS_NOT_VIP,
-		loader.TetherOutcomeOUTCOME_PASS_FRAGMENT,
-		loader.TetherOutcomeOUTCOME_PASS_IPV6EXT_LIMIT,
-		loader.TetherOutcomeOUTCOME_PASS_NO_BACKEND:
-		return XDPPass
-	default:
-		return XDPDrop
-	}
-}
-
 func (d *Datapath) count(slot uint32, outcome maps.Outcome, bytes uint64, events uint32) {
 	d.Maps.UpdateCounters(slot, func(c *maps.Counters) {
 		c.Packets[outcome]++
@@ -368,7 +339,7 @@ func (d *Datapath) Run(frame []byte, now uint64) Result {
 	out := append([]byte(nil), frame...)
 	res := Result{VIPID: NoVIP}
 	res.Outcome = maps.Outcome(d.balance(out, now, &res))
-	res.Verdict = verdict(res.Outcome)
+	res.Verdict = maps.Verdict(res.Outcome)
 	res.Frame = out
 
 	limits := d.Maps.Limits()

@@ -151,10 +151,7 @@ func TestStickyForwarding(t *testing.T) {
 	}
 	for i, vip := range []netip.Addr{topology.VIP4, topology.VIP6} {
 		key := maps.VIPKey{Addr: vip, Port: servicePort, Proto: maps.TCP}
-		if err := m.PutVIP(key, maps.VIP{ID: uint32(i), AffinityTimeout: 120 * time.Second, Prefix4: 32, Prefix6: 128}); err != nil {
-			t.Fatal(err)
-		}
-		if err := maps.ReplaceTable(m, key, ids); err != nil {
+		if _, err := maps.InstallTable(m, key, maps.VIP{ID: uint32(i), AffinityTimeout: 120 * time.Second, Prefix4: 32, Prefix6: 128}, ids); err != nil {
 			t.Fatal(err)
 		}
 	}

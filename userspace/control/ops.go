@@ -2,11 +2,7 @@ package control
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"slices"
-
-	"github.com/tether-lb/tether/maps"
 )
 
 // NewVIP returns a VIP with the given settings and no id yet.
@@ -130,217 +126,55 @@ func (d *Daemon) editBackend(ctx context.Context, ref VIPRef, name string, edit 
 	})
 }
 
-// PinnedClients counts the fresh affinity entries that point at a backend:
-// the clients a drain is waiting for.
-func (d *Daemon) PinnedClients(ref VIPRef, name string) (int, error) {
+// change applies edit to a copy of the state, validates it, writes it to
+// the datapath and saves it. On any error nothing changes: the datapath is
+// put back to the old state.
+func (d *Daemon) change(ctx context.Context, edit func(s *State) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	v, err := findVIP(&d.state, ref)
-	if err != nil {
-		return 0, err
-	}
-	b, err := findBackend(v, name)
-	if err != nil {
-		return 0, err
-	}
-	counts, err := d.pinnedCounts()
-	return counts[b.ID], err
-}
-
-// pinnedCounts counts every backend's fresh affinity entries in one pass
-// over the affinity map: entries of its VIP, with its current generation,
-// seen within the VIP's affinity timeout.
-func (d *Daemon) pinnedCounts() (map[maps.BackendID]int, error) {
-	vipOf := map[maps.BackendID]*VIP{}
-	for i := range d.state.VIPs {
-		for _, b := range d.state.VIPs[i].Backends {
-			vipOf[b.ID] = &d.state.VIPs[i]
-		}
-	}
-	now := monotonicNow()
-	counts := map[maps.BackendID]int{}
-	err := d.opts.Maps.ForEachAffinity(func(key maps.AffinityKey, a maps.Affinity) {
-		v, rt := vipOf[a.Backend], d.backends[a.Backend]
-		if v == nil || rt == nil || key.VIPID != v.ID || a.Generation != rt.generation {
-			return
-		}
-		if maps.Fresh(now, a.LastSeen, v.AffinityTimeout) {
-			counts[a.Backend]++
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("counting pinned clients: %w", err)
-	}
-	return counts, nil
-}
-
-// BackendStatus is a backend as status shows it.
-type BackendStatus struct {
-	Backend
-	State       string `json:"state"` // up, down, draining
-	Health      string `json:"health"`
-	HealthNote  string `json:"health_note,omitempty"`
-	MACInUse    string `json:"mac_in_use,omitempty"`
-	Ifindex     int    `json:"ifindex,omitempty"`
-	Problem     string `json:"problem,omitempty"`
-	Generation  uint32 `json:"generation"`
-	FailingOpen bool   `json:"failing_open,omitempty"`
-	Pinned      int    `json:"pinned_clients"`
-}
-
-// VIPStatus is a VIP as status shows it.
-type VIPStatus struct {
-	VIP
-	Backends     []BackendStatus `json:"backends"`
-	TableSlot    uint8           `json:"table_slot"`
-	TableVersion uint64          `json:"table_version"`
-	FailingOpen  bool            `json:"failing_open,omitempty"`
-}
-
-// DatapathInfo says where and how the program runs.
-type DatapathInfo struct {
-	Interface string `json:"interface"`
-	Mode      string `json:"mode"`
-	ProgramID uint32 `json:"program_id"`
-	PinDir    string `json:"pin_dir"`
-}
-
-// Status is the daemon's view of everything it manages.
-type Status struct {
-	DatapathInfo
-	Seed uint32      `json:"seed"`
-	VIPs []VIPStatus `json:"vips"`
-}
-
-// SetDatapathInfo records where the program runs, for Status.
-func (d *Daemon) SetDatapathInfo(info DatapathInfo) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.info = info
-}
-
-// Status reports every VIP and backend with its live state.
-func (d *Daemon) Status() (Status, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	pinned, err := d.pinnedCounts()
-	if err != nil {
-		return Status{}, err
-	}
-	out := Status{DatapathInfo: d.info, Seed: d.state.Seed, VIPs: []VIPStatus{}}
-	for i := range d.state.VIPs {
-		v := &d.state.VIPs[i]
-		vs := VIPStatus{VIP: *v, Backends: []BackendStatus{}}
-		vs.VIP.Backends = nil
-		if rt := d.vips[v.ID]; rt != nil {
-			vs.TableSlot, vs.TableVersion, vs.FailingOpen = rt.info.TableSlot, rt.tableVersion, rt.failingOpen
-		}
-		for _, b := range v.Backends {
-			rt := d.backends[b.ID]
-			bs := BackendStatus{Backend: b, State: rt.datapath.String(), Health: rt.health.String(), HealthNote: rt.healthNote,
-				Generation: rt.generation, FailingOpen: rt.failingOpen, Ifindex: rt.nextHop.Ifindex}
-			if !rt.checked {
-				bs.Health = "unchecked"
-			}
-			if rt.nextHop.MAC != nil {
-				bs.MACInUse = rt.nextHop.MAC.String()
-			}
-			if rt.resolveErr != nil {
-				bs.Problem = rt.resolveErr.Error()
-			}
-			bs.Pinned = pinned[b.ID]
-			vs.Backends = append(vs.Backends, bs)
-		}
-		out.VIPs = append(out.VIPs, vs)
-	}
-	return out, nil
-}
-
-// Problems lists a VIP's backends that cannot be used and why, for a
-// command to report right after it changed something; name, if not empty,
-// limits the list to that backend.
-func (d *Daemon) Problems(ref VIPRef, name string) []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, err := findVIP(&d.state, ref)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, b := range v.Backends {
-		if rt := d.backends[b.ID]; rt.resolveErr != nil && (name == "" || name == b.Name) {
-			out = append(out, fmt.Sprintf("backend %s (%s) is out of service: %v", b.Name, b.Addr, rt.resolveErr))
-		}
-	}
-	return out
-}
-
-// removeStrays deletes datapath entries the state does not know: VIPs,
-// and backends still marked usable. A daemon started after its state file
-// was lost thus never serves stale configuration.
-func (d *Daemon) removeStrays() error {
-	known := map[maps.VIPKey]bool{}
-	knownIDs := map[uint32]bool{}
-	for _, v := range d.state.VIPs {
-		known[v.key()] = true
-		knownIDs[v.ID] = true
-	}
-	current, err := d.opts.Maps.VIPs()
-	if err != nil {
+	next := cloneState(d.state)
+	if err := edit(&next); err != nil {
 		return err
 	}
-	strayIDs := map[uint32]bool{}
-	for key, info := range current {
-		if key.Port != 0 && !known[key] {
-			d.log.Warn("removing a VIP the state does not know", "vip", key.String())
-			if err := d.opts.Maps.DeleteVIP(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
-				return err
-			}
-			if !knownIDs[info.ID] {
-				strayIDs[info.ID] = true
-			}
-		}
-	}
-	if err := d.forgetClients(strayIDs); err != nil {
+	if err := d.assignIDs(&next); err != nil {
 		return err
 	}
 	limits := d.opts.Maps.Limits()
-	for id := maps.BackendID(1); uint32(id) < limits.MaxBackends; id++ {
-		if d.backends[id] != nil {
-			continue
+	for _, v := range next.VIPs {
+		if err := v.validate(limits.TableStride); err != nil {
+			return invalid(err)
 		}
-		entry, err := d.opts.Maps.Backend(id)
-		if err != nil {
-			return err
+		if err := v.validateBackends(); err != nil {
+			return invalid(err)
 		}
-		if entry.State.Usable() {
-			if err := d.opts.Maps.PutBackend(id, maps.Backend{Generation: entry.Generation + 1, State: maps.BackendDown}); err != nil {
-				return err
-			}
+	}
+	// apply removes what d.state has and its argument lacks, so d.state is
+	// next while previous is restored: what only next had goes away.
+	previous := d.state
+	if err := d.apply(ctx, next); err != nil {
+		d.state = next
+		if rollback := d.apply(ctx, previous); rollback != nil {
+			d.log.Error("restoring the datapath after a failed change", "error", rollback)
 		}
+		d.state = previous
+		return err
+	}
+	d.state = next
+	if err := d.save(); err != nil {
+		if rollback := d.apply(ctx, previous); rollback != nil {
+			d.log.Error("restoring the datapath after failing to save state", "error", rollback)
+		}
+		d.state = previous
+		return err
 	}
 	return nil
 }
 
-// forgetClients deletes the affinity entries of the VIP ids removed from
-// the datapath without removeVIP, so that a VIP given one of those ids
-// later does not inherit their clients.
-func (d *Daemon) forgetClients(vipIDs map[uint32]bool) error {
-	if len(vipIDs) == 0 {
-		return nil
+func cloneState(s State) State {
+	out := State{Seed: s.Seed, VIPs: make([]VIP, len(s.VIPs))}
+	for i, v := range s.VIPs {
+		v.Backends = slices.Clone(v.Backends)
+		out.VIPs[i] = v
 	}
-	var stale []maps.AffinityKey
-	if err := d.opts.Maps.ForEachAffinity(func(key maps.AffinityKey, _ maps.Affinity) {
-		if vipIDs[key.VIPID] {
-			stale = append(stale, key)
-		}
-	}); err != nil {
-		return fmt.Errorf("reading affinity entries: %w", err)
-	}
-	for _, key := range stale {
-		if err := d.opts.Maps.DeleteAffinity(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
-			return fmt.Errorf("forgetting clients of a removed VIP: %w", err)
-		}
-	}
-	return nil
+	return out
 }

@@ -1,44 +1,8 @@
 package control
 
 import (
-	"github.com/tether-lb/tether/loader"
 	"github.com/tether-lb/tether/maps"
 )
-
-// OutcomeNames name the datapath's outcomes, indexed by enum outcome; the
-// same names label the metrics.
-var OutcomeNames = [loader.TetherOutcomeOUTCOME_MAX]string{
-	loader.TetherOutcomeOUTCOME_FORWARD_TX:             "forwarded_tx",
-	loader.TetherOutcomeOUTCOME_FORWARD_REDIRECT:       "forwarded_redirect",
-	loader.TetherOutcomeOUTCOME_PASS_INACTIVE:          "passed_inactive",
-	loader.TetherOutcomeOUTCOME_PASS_WATCHDOG:          "passed_watchdog",
-	loader.TetherOutcomeOUTCOME_PASS_NOT_IP:            "passed_not_ip",
-	loader.TetherOutcomeOUTCOME_PASS_NOT_TCP_UDP:       "passed_not_tcp_udp",
-	loader.TetherOutcomeOUTCOME_PASS_NOT_VIP:           "passed_not_vip",
-	loader.TetherOutcomeOUTCOME_PASS_FRAGMENT:          "passed_fragment",
-	loader.TetherOutcomeOUTCOME_PASS_IPV6EXT_LIMIT:     "passed_ipv6_ext_limit",
-	loader.TetherOutcomeOUTCOME_PASS_NO_BACKEND:        "passed_no_backend",
-	loader.TetherOutcomeOUTCOME_DROP_NO_BACKEND:        "dropped_no_backend",
-	loader.TetherOutcomeOUTCOME_DROP_TX_PORT_MISSING:   "dropped_tx_port_missing",
-	loader.TetherOutcomeOUTCOME_DROP_MALFORMED_ETH:     "dropped_malformed_ethernet",
-	loader.TetherOutcomeOUTCOME_DROP_MALFORMED_VLAN:    "dropped_malformed_vlan",
-	loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV4:    "dropped_malformed_ipv4",
-	loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6:    "dropped_malformed_ipv6",
-	loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6EXT: "dropped_malformed_ipv6_ext",
-	loader.TetherOutcomeOUTCOME_DROP_MALFORMED_L4:      "dropped_malformed_l4",
-}
-
-// AffinityEventNames name the datapath's affinity events, indexed by enum
-// affinity_event.
-var AffinityEventNames = [loader.TetherAffinityEventAFFINITY_EVENT_MAX]string{
-	loader.TetherAffinityEventAFFINITY_HIT:           "hit",
-	loader.TetherAffinityEventAFFINITY_MISS:          "miss",
-	loader.TetherAffinityEventAFFINITY_EXPIRED:       "expired",
-	loader.TetherAffinityEventAFFINITY_STALE:         "stale",
-	loader.TetherAffinityEventAFFINITY_INSERT:        "insert",
-	loader.TetherAffinityEventAFFINITY_INSERT_FAILED: "insert_failed",
-	loader.TetherAffinityEventAFFINITY_EVICT:         "evicted",
-}
 
 // CounterSet is one counter slot with named fields; zero counters are left
 // out.
@@ -50,7 +14,7 @@ type CounterSet struct {
 
 func namedCounters(c maps.Counters, withAffinity bool) CounterSet {
 	out := CounterSet{Packets: map[string]uint64{}, Bytes: map[string]uint64{}}
-	for o, name := range OutcomeNames {
+	for o, name := range maps.OutcomeNames {
 		if c.Packets[o] != 0 {
 			out.Packets[name] = c.Packets[o]
 			out.Bytes[name] = c.Bytes[o]
@@ -58,7 +22,7 @@ func namedCounters(c maps.Counters, withAffinity bool) CounterSet {
 	}
 	if withAffinity {
 		out.Affinity = map[string]uint64{}
-		for e, name := range AffinityEventNames {
+		for e, name := range maps.AffinityEventNames {
 			if c.Affinity[e] != 0 {
 				out.Affinity[name] = c.Affinity[e]
 			}

@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/tether-lb/tether/loader"
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/control"
 )
@@ -144,11 +143,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if global, err := c.maps.Counters(maps.GlobalSlot); err != nil {
 		fail(err)
 	} else {
-		for o, name := range control.OutcomeNames {
+		for o, name := range maps.OutcomeNames {
 			counter(c.packets, global.Packets[o], name)
 			counter(c.bytes, global.Bytes[o], name)
 		}
-		for e, name := range control.AffinityEventNames {
+		for e, name := range maps.AffinityEventNames {
 			counter(c.affinityEvents, global.Affinity[e], name)
 		}
 	}
@@ -157,11 +156,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if vc, err := c.maps.Counters(limits.VIPSlot(v.ID)); err != nil {
 			fail(err)
 		} else {
-			for o, name := range control.OutcomeNames {
+			for o, name := range maps.OutcomeNames {
 				counter(c.vipPackets, vc.Packets[o], v.Name, name)
 				counter(c.vipBytes, vc.Bytes[o], v.Name, name)
 			}
-			for e, name := range control.AffinityEventNames {
+			for e, name := range maps.AffinityEventNames {
 				counter(c.vipAffinity, vc.Affinity[e], v.Name, name)
 			}
 		}
@@ -171,10 +170,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if bc, err := c.maps.Counters(limits.BackendSlot(b.ID)); err != nil {
 				fail(err)
 			} else {
-				for _, o := range []loader.TetherOutcome{loader.TetherOutcomeOUTCOME_FORWARD_TX,
-					loader.TetherOutcomeOUTCOME_FORWARD_REDIRECT, loader.TetherOutcomeOUTCOME_DROP_TX_PORT_MISSING} {
-					counter(c.backendPackets, bc.Packets[o], v.Name, b.Name, control.OutcomeNames[o])
-					counter(c.backendBytes, bc.Bytes[o], v.Name, b.Name, control.OutcomeNames[o])
+				for _, o := range maps.BackendOutcomes {
+					counter(c.backendPackets, bc.Packets[o], v.Name, b.Name, maps.OutcomeNames[o])
+					counter(c.backendBytes, bc.Bytes[o], v.Name, b.Name, maps.OutcomeNames[o])
 				}
 			}
 			for _, s := range []maps.BackendState{maps.BackendUp, maps.BackendDraining, maps.BackendDown} {

@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
-	"github.com/tether-lb/tether/loader"
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/control"
 )
@@ -25,12 +24,12 @@ func testSource() (*maps.Fake, inventory) {
 	m := maps.NewFake(limits)
 	_ = m.PutSettings(maps.Settings{Active: true})
 	m.UpdateCounters(maps.GlobalSlot, func(c *maps.Counters) {
-		c.Packets[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 10
-		c.Bytes[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 640
-		c.Affinity[loader.TetherAffinityEventAFFINITY_HIT] = 9
+		c.Packets[maps.OutcomeForwardTX] = 10
+		c.Bytes[maps.OutcomeForwardTX] = 640
+		c.Affinity[maps.AffinityHit] = 9
 	})
-	m.UpdateCounters(limits.VIPSlot(1), func(c *maps.Counters) { c.Packets[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 10 })
-	m.UpdateCounters(limits.BackendSlot(3), func(c *maps.Counters) { c.Packets[loader.TetherOutcomeOUTCOME_FORWARD_TX] = 10 })
+	m.UpdateCounters(limits.VIPSlot(1), func(c *maps.Counters) { c.Packets[maps.OutcomeForwardTX] = 10 })
+	m.UpdateCounters(limits.BackendSlot(3), func(c *maps.Counters) { c.Packets[maps.OutcomeForwardTX] = 10 })
 	_ = m.PutAffinity(maps.AffinityKey{VIPID: 1}, maps.Affinity{Backend: 3})
 	inv := inventory{
 		DatapathInfo: control.DatapathInfo{Interface: "eth0", Mode: "native", ProgramID: 42},
@@ -51,11 +50,11 @@ func TestCollectorReadsTheMaps(t *testing.T) {
 # TYPE tether_packets_total counter
 `
 	got, err := testutil.GatherAndCount(metrics.Registry(), "tether_packets_total")
-	if err != nil || got != len(control.OutcomeNames) {
-		t.Fatalf("tether_packets_total has %d series (%v), want one per outcome (%d)", got, err, len(control.OutcomeNames))
+	if err != nil || got != len(maps.OutcomeNames) {
+		t.Fatalf("tether_packets_total has %d series (%v), want one per outcome (%d)", got, err, len(maps.OutcomeNames))
 	}
 	expected := want + `tether_packets_total{outcome="forwarded_tx"} 10` + "\n"
-	for _, name := range control.OutcomeNames {
+	for _, name := range maps.OutcomeNames {
 		if name != "forwarded_tx" {
 			expected += `tether_packets_total{outcome="` + name + `"} 0` + "\n"
 		}
