@@ -115,10 +115,12 @@ func (noObserver) HealthChecked(string, string, bool, time.Duration) {}
 
 // Daemon owns the desired state and is the only writer of the maps.
 type Daemon struct {
-	mu       sync.Mutex
-	opts     Options
-	log      *slog.Logger
-	state    State
+	mu    sync.Mutex
+	opts  Options
+	log   *slog.Logger
+	state State
+	// where finds a backend of state by id, for HealthResult.
+	where    map[maps.BackendID]backendPos
 	backends map[maps.BackendID]*backendRuntime
 	vips     map[uint32]*vipRuntime
 	txPorts  map[uint32]bool
@@ -170,4 +172,18 @@ func (d *Daemon) save() error {
 		return nil
 	}
 	return SaveState(d.opts.StatePath, d.state)
+}
+
+// backendPos is where a backend is in the state: VIPs[vip].Backends[backend].
+type backendPos struct{ vip, backend int }
+
+// setState makes s the daemon's state and indexes its backends.
+func (d *Daemon) setState(s State) {
+	d.state = s
+	d.where = make(map[maps.BackendID]backendPos, len(d.where))
+	for i, v := range s.VIPs {
+		for j, b := range v.Backends {
+			d.where[b.ID] = backendPos{vip: i, backend: j}
+		}
+	}
 }

@@ -38,26 +38,28 @@ func tick(ctx context.Context, every time.Duration, fn func()) {
 // HealthResult takes a health check's outcome; a transition rebuilds the
 // backend's VIP.
 func (d *Daemon) HealthResult(r health.Result) {
+	id, ok := checkedBackend(r.ID)
+	if !ok {
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, v := range d.state.VIPs {
-		for _, b := range v.Backends {
-			if backendCheckID(b.ID) != r.ID {
-				continue
-			}
-			d.opts.Observer.HealthChecked(v.VIPRef.String(), b.Name, r.Err == nil, r.Latency)
-			if !r.Changed {
-				return
-			}
-			rt := d.backends[b.ID]
-			rt.health, rt.healthNote = r.State, r.Reason
-			d.log.Info("backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", r.State.String(), "reason", r.Reason)
-			if err := d.installVIP(v, d.state.Seed); err != nil {
-				d.dirty[v.ID] = true
-				d.log.Error("applying health change; will retry", "vip", v.VIPRef.String(), "backend", b.Name, "error", err)
-			}
-			return
-		}
+	pos, ok := d.where[id]
+	if !ok {
+		return // removed while it was probed
+	}
+	v := d.state.VIPs[pos.vip]
+	b := v.Backends[pos.backend]
+	d.opts.Observer.HealthChecked(v.VIPRef.String(), b.Name, r.Err == nil, r.Latency)
+	if !r.Changed {
+		return
+	}
+	rt := d.backends[b.ID]
+	rt.health, rt.healthNote = r.State, r.Reason
+	d.log.Info("backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", r.State.String(), "reason", r.Reason)
+	if err := d.installVIP(v, d.state.Seed); err != nil {
+		d.dirty[v.ID] = true
+		d.log.Error("applying health change; will retry", "vip", v.VIPRef.String(), "backend", b.Name, "error", err)
 	}
 }
 

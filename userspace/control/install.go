@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tether-lb/tether/maps"
@@ -80,7 +82,22 @@ func containsVIP(s State, ref VIPRef) bool {
 	return false
 }
 
-func backendCheckID(id maps.BackendID) string { return fmt.Sprintf("backend-%d", id) }
+// checkIDPrefix names the health check of a backend: checkIDPrefix + id.
+const checkIDPrefix = "backend-"
+
+func backendCheckID(id maps.BackendID) string {
+	return checkIDPrefix + strconv.FormatUint(uint64(id), 10)
+}
+
+// checkedBackend is the backend whose check backendCheckID named id.
+func checkedBackend(id string) (maps.BackendID, bool) {
+	digits, ok := strings.CutPrefix(id, checkIDPrefix)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(digits, 10, 32)
+	return maps.BackendID(n), err == nil
+}
 
 // syncBackendRuntime resolves a backend's next hop when it is new or its
 // address or MAC changed, and keeps its health check in line.
@@ -138,93 +155,113 @@ func (d *Daemon) resolve(ctx context.Context, b Backend, rt *backendRuntime) {
 	rt.nextHop, rt.resolveErr = hop, nil
 }
 
-// datapathState decides what the datapath is told about a backend.
-func (d *Daemon) datapathState(b Backend, rt *backendRuntime, allDown bool, v VIP) (maps.BackendState, bool) {
-	switch {
-	case rt.resolveErr != nil || rt.nextHop.MAC == nil:
-		return maps.BackendDown, false
-	case rt.health == health.Down && allDown && v.AllDown == AllDownFailOpen && !b.Drained:
-		return maps.BackendUp, true
-	case rt.health == health.Down:
-		return maps.BackendDown, false
-	case b.Drained:
-		return maps.BackendDraining, false
+// facts collects what planVIP needs to know of v's backends.
+func (d *Daemon) facts(v VIP) map[maps.BackendID]backendFacts {
+	out := make(map[maps.BackendID]backendFacts, len(v.Backends))
+	for _, b := range v.Backends {
+		rt := d.backends[b.ID]
+		out[b.ID] = backendFacts{Reachable: rt.resolveErr == nil && rt.nextHop.MAC != nil, Health: rt.health, Datapath: rt.datapath}
 	}
-	return maps.BackendUp, false
+	return out
 }
 
-// installVIP writes a VIP's backends, builds its table and swaps it in.
+// backendWrite is one backends map entry to write.
+type backendWrite struct {
+	id    maps.BackendID
+	entry maps.Backend
+}
+
+// installVIP makes the datapath serve v as planVIP decides. Usable
+// backends are written before the table swap (with the devmap port they
+// need), so the new table never points at an unwritten entry; backends
+// going down are written after it, so the old table never points at a
+// down entry either.
 func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	started := time.Now()
-	// All down means no backend could take a new client: weight 0 and
-	// draining backends take none.
-	allDown := true
-	for _, b := range v.Backends {
-		rt := d.backends[b.ID]
-		if rt.resolveErr == nil && rt.nextHop.MAC != nil && rt.health == health.Up && !b.Drained && b.Weight > 0 {
-			allDown = false
-		}
+	plan := planVIP(v, d.facts(v))
+	usable, goingDown := d.adoptPlan(v, plan)
+	if err := d.writeBackends(usable); err != nil {
+		return err
 	}
-	// Usable backends are written first (with the devmap port they need),
-	// so the new table never points at an unwritten entry; backends going
-	// down are written after the swap, so the old table never points at a
-	// down entry either.
-	var set []maglev.Backend
-	var goingDown []maps.BackendID
-	entries := map[maps.BackendID]maps.Backend{}
-	failingOpen := false
-	for _, b := range v.Backends {
-		rt := d.backends[b.ID]
-		state, open := d.datapathState(b, rt, allDown, v)
-		failingOpen = failingOpen || open
-		if rt.datapath.Usable() && state == maps.BackendDown {
-			// Its clients' affinity entries stop being honoured at once.
+	swapped, err := d.swapTable(v, plan, seed)
+	if err != nil {
+		return err
+	}
+	if swapped {
+		d.opts.Observer.TableBuilt(v.VIPRef.String(), time.Since(started))
+	}
+	return d.writeBackends(goingDown)
+}
+
+// adoptPlan records plan in the backends' runtime and returns their
+// entries, usable ones and those going down apart.
+func (d *Daemon) adoptPlan(v VIP, plan vipPlan) (usable, goingDown []backendWrite) {
+	for i, p := range plan.Backends {
+		rt := d.backends[p.ID]
+		if p.NewGeneration {
 			rt.generation++
 		}
-		rt.datapath, rt.failingOpen = state, open
-		entry := maps.Backend{
+		rt.datapath, rt.failingOpen = p.State, p.FailingOpen
+		w := backendWrite{id: p.ID, entry: maps.Backend{
 			MAC:        rt.nextHop.MAC,
 			SourceMAC:  rt.nextHop.SourceMAC,
 			Generation: rt.generation,
-			Addr:       b.Addr,
-			State:      state,
-		}
+			Addr:       v.Backends[i].Addr,
+			State:      p.State,
+		}}
 		if rt.nextHop.Ifindex != d.opts.IngressIfindex {
-			entry.Ifindex = uint32(rt.nextHop.Ifindex)
+			w.entry.Ifindex = uint32(rt.nextHop.Ifindex)
 		}
-		entries[b.ID] = entry
-		if state == maps.BackendDown {
-			goingDown = append(goingDown, b.ID)
-			continue
+		if p.State == maps.BackendDown {
+			goingDown = append(goingDown, w)
+		} else {
+			usable = append(usable, w)
 		}
-		if entry.Ifindex != 0 {
-			if err := d.addTxPort(entry.Ifindex); err != nil {
+	}
+	return usable, goingDown
+}
+
+// writeBackends writes backend entries, each usable one after the devmap
+// port it is forwarded through.
+func (d *Daemon) writeBackends(writes []backendWrite) error {
+	for _, w := range writes {
+		if w.entry.State.Usable() && w.entry.Ifindex != 0 {
+			if err := d.addTxPort(w.entry.Ifindex); err != nil {
 				return err
 			}
 		}
-		if err := d.opts.Maps.PutBackend(b.ID, entry); err != nil {
+		if err := d.opts.Maps.PutBackend(w.id, w.entry); err != nil {
 			return err
 		}
-		if state == maps.BackendUp && b.Weight > 0 {
-			set = append(set, maglev.Backend{Name: b.Name, ID: uint32(b.ID), Weight: b.Weight})
-		}
 	}
-	writeDown := func() error {
-		for _, id := range goingDown {
-			if err := d.opts.Maps.PutBackend(id, entries[id]); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	built, err := maglev.Build(set, v.TableSize, seed)
+	return nil
+}
+
+// swapTable builds v's Maglev table from plan and installs it with its
+// settings, unless the datapath has both already; it reports whether it
+// installed one.
+func (d *Daemon) swapTable(v VIP, plan vipPlan, seed uint32) (bool, error) {
+	built, err := maglev.Build(plan.Maglev, v.TableSize, seed)
 	if err != nil {
-		return fmt.Errorf("building Maglev table of %s: %w", v.VIPRef, err)
+		return false, fmt.Errorf("building Maglev table of %s: %w", v.VIPRef, err)
 	}
 	table := make([]maps.BackendID, len(built))
 	for i, id := range built {
 		table[i] = maps.BackendID(id)
 	}
+	rt := d.vips[v.ID]
+	if rt == nil {
+		rt = &vipRuntime{}
+		d.vips[v.ID] = rt
+	}
+	if rt.failingOpen != plan.FailingOpen {
+		if plan.FailingOpen {
+			d.log.Error("ALL BACKENDS DOWN: failing open, forwarding to the last backends anyway", "vip", v.VIPRef.String())
+		} else {
+			d.log.Info("backends available again, no longer failing open", "vip", v.VIPRef.String())
+		}
+	}
+	rt.failingOpen = plan.FailingOpen
 	info := maps.VIP{
 		ID:              v.ID,
 		NoBackendPass:   v.NoBackend == NoBackendPass,
@@ -232,51 +269,18 @@ func (d *Daemon) installVIP(v VIP, seed uint32) error {
 		TableSize:       v.TableSize,
 		Prefix4:         uint8(v.Prefix4),
 		Prefix6:         uint8(v.Prefix6),
+		TableSlot:       rt.info.TableSlot,
 	}
-	rt := d.vips[v.ID]
-	if rt == nil {
-		rt = &vipRuntime{}
-		d.vips[v.ID] = rt
-	}
-	if rt.failingOpen != failingOpen {
-		if failingOpen {
-			d.log.Error("ALL BACKENDS DOWN: failing open, forwarding to the last backends anyway", "vip", v.VIPRef.String())
-		} else {
-			d.log.Info("backends available again, no longer failing open", "vip", v.VIPRef.String())
-		}
-	}
-	rt.failingOpen = failingOpen
-	info.TableSlot = rt.info.TableSlot
 	if rt.table != nil && slices.Equal(rt.table, table) && rt.info == info {
-		return writeDown()
+		return false, nil
 	}
-	key := v.key()
-	if _, err := d.opts.Maps.VIP(key); err == nil {
-		info.TableSlot ^= 1 // fill the inactive slot, then flip
-	} else if !errors.Is(err, maps.ErrNotFound) {
-		return err
+	installed, err := maps.InstallTable(d.opts.Maps, v.key(), info, table)
+	if err != nil {
+		return false, err
 	}
-	if err := d.opts.Maps.PutTable(v.ID, info.TableSlot, table); err != nil {
-		return err
-	}
-	if err := d.opts.Maps.PutVIP(key, info); err != nil {
-		return err
-	}
-	// Non-first fragments must follow the swap too, whatever caused it.
-	alias := maps.FragmentAlias(key)
-	aliasInfo, err := d.opts.Maps.VIP(alias)
-	switch {
-	case err == nil && aliasInfo.ID == info.ID:
-		if err := d.opts.Maps.PutVIP(alias, info); err != nil {
-			return fmt.Errorf("switching the fragment alias of %s to its new table: %w", v.VIPRef, err)
-		}
-	case err != nil && !errors.Is(err, maps.ErrNotFound):
-		return fmt.Errorf("reading the fragment alias of %s: %w", v.VIPRef, err)
-	}
-	rt.info, rt.table = info, table
+	rt.info, rt.table = installed, table
 	rt.tableVersion++
-	d.opts.Observer.TableBuilt(v.VIPRef.String(), time.Since(started))
-	return writeDown()
+	return true, nil
 }
 
 // removeVIP deletes a VIP from the datapath and forgets its clients.

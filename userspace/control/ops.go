@@ -152,19 +152,19 @@ func (d *Daemon) change(ctx context.Context, edit func(s *State) error) error {
 	// next while previous is restored: what only next had goes away.
 	previous := d.state
 	if err := d.apply(ctx, next); err != nil {
-		d.state = next
+		d.setState(next)
 		if rollback := d.apply(ctx, previous); rollback != nil {
 			d.log.Error("restoring the datapath after a failed change", "error", rollback)
 		}
-		d.state = previous
+		d.setState(previous)
 		return err
 	}
-	d.state = next
+	d.setState(next)
 	if err := d.save(); err != nil {
 		if rollback := d.apply(ctx, previous); rollback != nil {
 			d.log.Error("restoring the datapath after failing to save state", "error", rollback)
 		}
-		d.state = previous
+		d.setState(previous)
 		return err
 	}
 	return nil

@@ -54,6 +54,7 @@ func New(opts Options, state State) (*Daemon, error) {
 	if err := d.checkIDs(d.state); err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
+	d.setState(d.state)
 	// Adopt what the datapath holds: generations, and whether a backend
 	// was in service, so a restart changes nothing for clients.
 	for _, v := range d.state.VIPs {

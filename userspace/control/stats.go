@@ -53,7 +53,7 @@ type Stats struct {
 
 // Stats reads every counter slot in use.
 func (d *Daemon) Stats() (Stats, error) {
-	inv := d.Inventory()
+	vw := d.view()
 	m := d.opts.Maps
 	limits := m.Limits()
 	global, err := m.Counters(maps.GlobalSlot)
@@ -65,12 +65,12 @@ func (d *Daemon) Stats() (Stats, error) {
 		return Stats{}, err
 	}
 	out := Stats{Global: namedCounters(global, true), AffinityEntries: entries, VIPs: []VIPStats{}}
-	for _, v := range inv.VIPs {
+	for _, v := range vw.vips {
 		c, err := m.Counters(limits.VIPSlot(v.ID))
 		if err != nil {
 			return Stats{}, err
 		}
-		vs := VIPStats{VIP: v.Name, CounterSet: namedCounters(c, true), Backends: []BackendStats{}}
+		vs := VIPStats{VIP: v.VIPRef.String(), CounterSet: namedCounters(c, true), Backends: []BackendStats{}}
 		for _, b := range v.Backends {
 			c, err := m.Counters(limits.BackendSlot(b.ID))
 			if err != nil {

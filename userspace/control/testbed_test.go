@@ -122,7 +122,7 @@ func (c *fakeChecker) checked(id string) (checkCall, bool) {
 
 // testBed is a started daemon over fake maps.
 type testBed struct {
-	t        *testing.T
+	t        testing.TB
 	maps     *maps.Fake
 	resolver *fakeResolver
 	checker  *fakeChecker
@@ -130,7 +130,7 @@ type testBed struct {
 }
 
 // newTestBed starts a daemon with an empty state over fresh fake maps.
-func newTestBed(t *testing.T, limits maps.Limits, statePath string) *testBed {
+func newTestBed(t testing.TB, limits maps.Limits, statePath string) *testBed {
 	t.Helper()
 	tb := &testBed{t: t, maps: maps.NewFake(limits), resolver: newFakeResolver(), checker: newFakeChecker()}
 	tb.daemon = tb.start(State{}, statePath)

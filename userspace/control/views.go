@@ -2,54 +2,11 @@ package control
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/health"
 )
-
-// PinnedClients counts the fresh affinity entries that point at a backend:
-// the clients a drain is waiting for.
-func (d *Daemon) PinnedClients(ref VIPRef, name string) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, err := findVIP(&d.state, ref)
-	if err != nil {
-		return 0, err
-	}
-	b, err := findBackend(v, name)
-	if err != nil {
-		return 0, err
-	}
-	counts, err := d.pinnedCounts()
-	return counts[b.ID], err
-}
-
-// pinnedCounts counts every backend's fresh affinity entries in one pass
-// over the affinity map: entries of its VIP, with its current generation,
-// seen within the VIP's affinity timeout.
-func (d *Daemon) pinnedCounts() (map[maps.BackendID]int, error) {
-	vipOf := map[maps.BackendID]*VIP{}
-	for i := range d.state.VIPs {
-		for _, b := range d.state.VIPs[i].Backends {
-			vipOf[b.ID] = &d.state.VIPs[i]
-		}
-	}
-	now := monotonicNow()
-	counts := map[maps.BackendID]int{}
-	err := d.opts.Maps.ForEachAffinity(func(key maps.AffinityKey, a maps.Affinity) {
-		v, rt := vipOf[a.Backend], d.backends[a.Backend]
-		if v == nil || rt == nil || key.VIPID != v.ID || a.Generation != rt.generation {
-			return
-		}
-		if maps.Fresh(now, a.LastSeen, v.AffinityTimeout) {
-			counts[a.Backend]++
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("counting pinned clients: %w", err)
-	}
-	return counts, nil
-}
 
 // BackendStatus is a backend as status shows it.
 type BackendStatus struct {
@@ -96,62 +53,6 @@ func (d *Daemon) SetDatapathInfo(info DatapathInfo) {
 	d.info = info
 }
 
-// Status reports every VIP and backend with its live state.
-func (d *Daemon) Status() (Status, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	pinned, err := d.pinnedCounts()
-	if err != nil {
-		return Status{}, err
-	}
-	out := Status{DatapathInfo: d.info, Seed: d.state.Seed, VIPs: []VIPStatus{}}
-	for i := range d.state.VIPs {
-		v := &d.state.VIPs[i]
-		vs := VIPStatus{VIP: *v, Backends: []BackendStatus{}}
-		vs.VIP.Backends = nil
-		if rt := d.vips[v.ID]; rt != nil {
-			vs.TableSlot, vs.TableVersion, vs.FailingOpen = rt.info.TableSlot, rt.tableVersion, rt.failingOpen
-		}
-		for _, b := range v.Backends {
-			rt := d.backends[b.ID]
-			bs := BackendStatus{Backend: b, State: rt.datapath.String(), Health: rt.health.String(), HealthNote: rt.healthNote,
-				Generation: rt.generation, FailingOpen: rt.failingOpen, Ifindex: rt.nextHop.Ifindex}
-			if !rt.checked {
-				bs.Health = "unchecked"
-			}
-			if rt.nextHop.MAC != nil {
-				bs.MACInUse = rt.nextHop.MAC.String()
-			}
-			if rt.resolveErr != nil {
-				bs.Problem = rt.resolveErr.Error()
-			}
-			bs.Pinned = pinned[b.ID]
-			vs.Backends = append(vs.Backends, bs)
-		}
-		out.VIPs = append(out.VIPs, vs)
-	}
-	return out, nil
-}
-
-// Problems lists a VIP's backends that cannot be used and why, for a
-// command to report right after it changed something; name, if not empty,
-// limits the list to that backend.
-func (d *Daemon) Problems(ref VIPRef, name string) []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, err := findVIP(&d.state, ref)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, b := range v.Backends {
-		if rt := d.backends[b.ID]; rt.resolveErr != nil && (name == "" || name == b.Name) {
-			out = append(out, fmt.Sprintf("backend %s (%s) is out of service: %v", b.Name, b.Addr, rt.resolveErr))
-		}
-	}
-	return out
-}
-
 // BackendInventory is a backend as metrics label it.
 type BackendInventory struct {
 	Name    string
@@ -178,22 +79,159 @@ type Inventory struct {
 	VIPs []VIPInventory
 }
 
-// Inventory returns the VIPs and backends with their current states.
-func (d *Daemon) Inventory() Inventory {
+// view is one consistent copy of what the daemon manages, taken under the
+// lock; Status, Inventory, Stats and the drain count are all read from one.
+type view struct {
+	info DatapathInfo
+	seed uint32
+	vips []vipView
+}
+
+// vipView is a VIP with what the daemon installed for it.
+type vipView struct {
+	VIP
+	installed vipRuntime
+	backends  []backendRuntime // runtime of VIP.Backends[i]
+}
+
+// view copies the state and runtime out from under the lock.
+func (d *Daemon) view() view {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := Inventory{DatapathInfo: d.info}
-	for _, v := range d.state.VIPs {
-		vi := VIPInventory{Name: v.VIPRef.String(), ID: v.ID}
+	out := view{info: d.info, seed: d.state.Seed, vips: make([]vipView, len(d.state.VIPs))}
+	for i, v := range d.state.VIPs {
+		vv := vipView{VIP: v, backends: make([]backendRuntime, len(v.Backends))}
+		vv.Backends = slices.Clone(v.Backends)
 		if rt := d.vips[v.ID]; rt != nil {
-			vi.TableVersion, vi.FailingOpen = rt.tableVersion, rt.failingOpen
+			vv.installed = *rt
 		}
-		for _, b := range v.Backends {
-			rt := d.backends[b.ID]
+		for j, b := range v.Backends {
+			vv.backends[j] = *d.backends[b.ID]
+		}
+		out.vips[i] = vv
+	}
+	return out
+}
+
+// pinnedCounts counts every backend's fresh affinity entries in one pass
+// over the affinity map: entries of its VIP, with its current generation,
+// seen within the VIP's affinity timeout.
+func (vw view) pinnedCounts(m maps.Maps) (map[maps.BackendID]int, error) {
+	type owner struct {
+		vip        *vipView
+		generation uint32
+	}
+	owners := map[maps.BackendID]owner{}
+	for i := range vw.vips {
+		v := &vw.vips[i]
+		for j, b := range v.Backends {
+			owners[b.ID] = owner{vip: v, generation: v.backends[j].generation}
+		}
+	}
+	now := monotonicNow()
+	counts := map[maps.BackendID]int{}
+	err := m.ForEachAffinity(func(key maps.AffinityKey, a maps.Affinity) {
+		o, ok := owners[a.Backend]
+		if !ok || key.VIPID != o.vip.ID || a.Generation != o.generation {
+			return
+		}
+		if maps.Fresh(now, a.LastSeen, o.vip.AffinityTimeout) {
+			counts[a.Backend]++
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("counting pinned clients: %w", err)
+	}
+	return counts, nil
+}
+
+// PinnedClients counts the fresh affinity entries that point at a backend:
+// the clients a drain is waiting for.
+func (d *Daemon) PinnedClients(ref VIPRef, name string) (int, error) {
+	vw := d.view()
+	v, err := vw.find(ref)
+	if err != nil {
+		return 0, err
+	}
+	b, err := findBackend(&v.VIP, name)
+	if err != nil {
+		return 0, err
+	}
+	counts, err := vw.pinnedCounts(d.opts.Maps)
+	return counts[b.ID], err
+}
+
+// find returns the VIP ref.
+func (vw view) find(ref VIPRef) (*vipView, error) {
+	for i := range vw.vips {
+		if vw.vips[i].VIPRef == ref {
+			return &vw.vips[i], nil
+		}
+	}
+	return nil, notFound("VIP %s is not configured", ref)
+}
+
+// Status reports every VIP and backend with its live state.
+func (d *Daemon) Status() (Status, error) {
+	vw := d.view()
+	pinned, err := vw.pinnedCounts(d.opts.Maps)
+	if err != nil {
+		return Status{}, err
+	}
+	out := Status{DatapathInfo: vw.info, Seed: vw.seed, VIPs: []VIPStatus{}}
+	for _, v := range vw.vips {
+		vs := VIPStatus{VIP: v.VIP, Backends: []BackendStatus{},
+			TableSlot: v.installed.info.TableSlot, TableVersion: v.installed.tableVersion, FailingOpen: v.installed.failingOpen}
+		vs.VIP.Backends = nil
+		for j, b := range v.Backends {
+			rt := v.backends[j]
+			bs := BackendStatus{Backend: b, State: rt.datapath.String(), Health: rt.health.String(), HealthNote: rt.healthNote,
+				Generation: rt.generation, FailingOpen: rt.failingOpen, Ifindex: rt.nextHop.Ifindex, Pinned: pinned[b.ID]}
+			if !rt.checked {
+				bs.Health = "unchecked"
+			}
+			if rt.nextHop.MAC != nil {
+				bs.MACInUse = rt.nextHop.MAC.String()
+			}
+			if rt.resolveErr != nil {
+				bs.Problem = rt.resolveErr.Error()
+			}
+			vs.Backends = append(vs.Backends, bs)
+		}
+		out.VIPs = append(out.VIPs, vs)
+	}
+	return out, nil
+}
+
+// Inventory returns the VIPs and backends with their current states.
+func (d *Daemon) Inventory() Inventory {
+	vw := d.view()
+	out := Inventory{DatapathInfo: vw.info}
+	for _, v := range vw.vips {
+		vi := VIPInventory{Name: v.VIPRef.String(), ID: v.ID, TableVersion: v.installed.tableVersion, FailingOpen: v.installed.failingOpen}
+		for j, b := range v.Backends {
+			rt := v.backends[j]
 			vi.Backends = append(vi.Backends, BackendInventory{Name: b.Name, ID: b.ID, State: rt.datapath,
 				Healthy: rt.health == health.Up, Checked: rt.checked, Weight: b.Weight})
 		}
 		out.VIPs = append(out.VIPs, vi)
+	}
+	return out
+}
+
+// Problems lists a VIP's backends that cannot be used and why, for a
+// command to report right after it changed something; name, if not empty,
+// limits the list to that backend.
+func (d *Daemon) Problems(ref VIPRef, name string) []string {
+	v, err := d.view().find(ref)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for j, b := range v.Backends {
+		if err := v.backends[j].resolveErr; err != nil && (name == "" || name == b.Name) {
+			out = append(out, fmt.Sprintf("backend %s (%s) is out of service: %v", b.Name, b.Addr, err))
+		}
 	}
 	return out
 }
