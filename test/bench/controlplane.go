@@ -274,14 +274,7 @@ func RunHealthChild(args []string, in io.Reader, out io.Writer) error {
 	}
 	var probes, failures atomic.Int64
 	var measuring atomic.Bool
-	scheduler := health.NewScheduler(*workers, func(r health.Result) {
-		if measuring.Load() {
-			probes.Add(1)
-			if r.Err != nil {
-				failures.Add(1)
-			}
-		}
-	})
+	scheduler := health.NewScheduler(*workers)
 	lines := bufio.NewScanner(in)
 	targets := 0
 	for lines.Scan() {
@@ -300,7 +293,14 @@ func RunHealthChild(args []string, in io.Reader, out io.Writer) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go scheduler.Run(ctx)
+	go scheduler.Run(ctx, func(r health.Result) {
+		if measuring.Load() {
+			probes.Add(1)
+			if r.Err != nil {
+				failures.Add(1)
+			}
+		}
+	})
 	time.Sleep(*warmup)
 	before, err := ownCPU()
 	if err != nil {

@@ -52,8 +52,7 @@ type Status struct {
 // Create a Scheduler with NewScheduler. Set, Remove and Snapshot may be
 // called from any goroutine, before and while Run runs.
 type Scheduler struct {
-	workers  int
-	onResult func(Result)
+	workers int
 
 	// runSlot holds a token while Run runs, so runs never overlap.
 	runSlot chan struct{}
@@ -99,22 +98,13 @@ type probeJob struct {
 }
 
 // NewScheduler returns a Scheduler that runs at most workers probes at a
-// time (values below 1 mean 1) and calls onResult with the result of every
-// probe. onResult is called from the worker goroutines, so calls for
-// different targets may run concurrently and a slow onResult occupies a
-// worker; calls for one target never overlap and arrive in probe order
-// (unless the target is removed and added again under the same id). A probe
-// result is dropped, without a call, when its target was removed or
-// reconfigured while the probe ran, or when Run's context ended. onResult
-// may call the Scheduler's methods. A nil onResult is allowed; Snapshot
-// still reports the results.
-func NewScheduler(workers int, onResult func(Result)) *Scheduler {
+// time (values below 1 mean 1).
+func NewScheduler(workers int) *Scheduler {
 	return &Scheduler{
-		workers:  max(workers, 1),
-		onResult: onResult,
-		runSlot:  make(chan struct{}, 1),
-		wake:     make(chan struct{}, 1),
-		targets:  make(map[string]*scheduledTarget),
+		workers: max(workers, 1),
+		runSlot: make(chan struct{}, 1),
+		wake:    make(chan struct{}, 1),
+		targets: make(map[string]*scheduledTarget),
 	}
 }
 
@@ -216,7 +206,16 @@ func (s *Scheduler) Snapshot() []Status {
 // flight, waits for them and returns. Their results are dropped; targets
 // keep their state, and a later Run carries on where this one stopped. Runs
 // do not overlap: a call made while another runs waits for it to return.
-func (s *Scheduler) Run(ctx context.Context) {
+//
+// Run calls onResult with the result of every probe. onResult is called
+// from the worker goroutines, so calls for different targets may run
+// concurrently and a slow onResult occupies a worker; calls for one target
+// never overlap and arrive in probe order (unless the target is removed
+// and added again under the same id). A probe result is dropped, without a
+// call, when its target was removed or reconfigured while the probe ran,
+// or when ctx ended. onResult may call the Scheduler's methods. A nil
+// onResult is allowed; Snapshot still reports the results.
+func (s *Scheduler) Run(ctx context.Context, onResult func(Result)) {
 	select {
 	case s.runSlot <- struct{}{}:
 	case <-ctx.Done():
@@ -229,7 +228,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	for range s.workers {
 		workers.Go(func() {
 			for job := range jobs {
-				s.runJob(ctx, job)
+				s.runJob(ctx, job, onResult)
 			}
 		})
 	}
@@ -297,7 +296,7 @@ func (s *Scheduler) takeDue(now time.Time) (job probeJob, ready bool, nextDue ti
 
 // runJob probes, records and reports one job, then queues its target for
 // its next probe.
-func (s *Scheduler) runJob(ctx context.Context, job probeJob) {
+func (s *Scheduler) runJob(ctx context.Context, job probeJob, onResult func(Result)) {
 	started := time.Now()
 	err := probe(ctx, job.check, job.address)
 	latency := time.Since(started)
@@ -306,8 +305,8 @@ func (s *Scheduler) runJob(ctx context.Context, job probeJob) {
 		return
 	}
 	result, current := s.record(job, err, started, latency)
-	if current && s.onResult != nil {
-		s.onResult(result)
+	if current && onResult != nil {
+		onResult(result)
 	}
 	s.requeue(job, true)
 }

@@ -47,16 +47,16 @@ func (l *resultLog) total() int {
 	return total
 }
 
-// startScheduler runs scheduler until the returned stop function is called
+// startScheduler runs scheduler, reporting to onResult, until the returned stop function is called
 // or the test ends. stop cancels Run and fails the test if Run does not
 // return within limit.
-func startScheduler(t *testing.T, scheduler *Scheduler) (stop func(limit time.Duration)) {
+func startScheduler(t *testing.T, scheduler *Scheduler, onResult func(Result)) (stop func(limit time.Duration)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		scheduler.Run(ctx)
+		scheduler.Run(ctx, onResult)
 	}()
 	var once sync.Once
 	stop = func(limit time.Duration) {
@@ -100,7 +100,7 @@ func TestSchedulerProbesOnSchedule(t *testing.T) {
 		addresses[i], _ = tcpBackend(t, "tcp4")
 	}
 	log := newResultLog()
-	scheduler := NewScheduler(16, log.record)
+	scheduler := NewScheduler(16)
 	check := Check{Kind: KindTCP, Interval: interval, Timeout: 150 * time.Millisecond, Rise: 1, Fall: 1}
 	started := time.Now()
 	for i := range targets {
@@ -108,7 +108,7 @@ func TestSchedulerProbesOnSchedule(t *testing.T) {
 			t.Fatalf("Set: %v", err)
 		}
 	}
-	stop := startScheduler(t, scheduler)
+	stop := startScheduler(t, scheduler, log.record)
 	time.Sleep(runFor)
 	stop(2 * time.Second)
 
@@ -188,7 +188,7 @@ func TestSchedulerBoundsConcurrency(t *testing.T) {
 	target := serverAddress(t, server)
 
 	log := newResultLog()
-	scheduler := NewScheduler(workers, log.record)
+	scheduler := NewScheduler(workers)
 	// 40 targets every 100 ms, each probe taking at least 10 ms, need 4
 	// workers' worth of time: more than the pool has.
 	check := Check{Kind: KindHTTP, Interval: 100 * time.Millisecond, Timeout: 80 * time.Millisecond}
@@ -198,7 +198,7 @@ func TestSchedulerBoundsConcurrency(t *testing.T) {
 			t.Fatalf("Set: %v", err)
 		}
 	}
-	stop := startScheduler(t, scheduler)
+	stop := startScheduler(t, scheduler, log.record)
 	time.Sleep(time.Second)
 	stop(2 * time.Second)
 
@@ -227,7 +227,8 @@ func TestSchedulerSerializesResultsOfATarget(t *testing.T) {
 		overlaps   atomic.Int64
 	)
 	log := newResultLog()
-	scheduler := NewScheduler(8, func(result Result) {
+	scheduler := NewScheduler(8)
+	onResult := func(result Result) {
 		busy, _ := inCallback.LoadOrStore(result.ID, new(atomic.Bool))
 		if !busy.(*atomic.Bool).CompareAndSwap(false, true) {
 			overlaps.Add(1)
@@ -237,14 +238,14 @@ func TestSchedulerSerializesResultsOfATarget(t *testing.T) {
 		time.Sleep(60 * time.Millisecond)
 		busy.(*atomic.Bool).Store(false)
 		log.record(result)
-	})
+	}
 	check := Check{Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: 10 * time.Millisecond}
 	for i := range 4 {
 		if err := scheduler.Set(fmt.Sprintf("slow-%d", i), target, check, Up); err != nil {
 			t.Fatalf("Set: %v", err)
 		}
 	}
-	stop := startScheduler(t, scheduler)
+	stop := startScheduler(t, scheduler, onResult)
 	time.Sleep(600 * time.Millisecond)
 	stop(2 * time.Second)
 
@@ -264,14 +265,14 @@ func TestSchedulerSerializesResultsOfATarget(t *testing.T) {
 func TestSchedulerRemove(t *testing.T) {
 	target, _ := tcpBackend(t, "tcp4")
 	log := newResultLog()
-	scheduler := NewScheduler(4, log.record)
+	scheduler := NewScheduler(4)
 	check := Check{Kind: KindTCP, Interval: 50 * time.Millisecond, Timeout: 40 * time.Millisecond}
 	for _, id := range []string{"kept", "gone"} {
 		if err := scheduler.Set(id, target, check, Up); err != nil {
 			t.Fatalf("Set(%s): %v", id, err)
 		}
 	}
-	stop := startScheduler(t, scheduler)
+	stop := startScheduler(t, scheduler, log.record)
 	waitFor(t, 5*time.Second, "3 results of each target", func() bool {
 		return log.count("kept") >= 3 && log.count("gone") >= 3
 	})
@@ -311,14 +312,14 @@ func TestSchedulerStopsPromptly(t *testing.T) {
 	target := serverAddress(t, server)
 
 	log := newResultLog()
-	scheduler := NewScheduler(4, log.record)
+	scheduler := NewScheduler(4)
 	check := Check{Kind: KindHTTP, Interval: 3 * time.Second, Timeout: 2 * time.Second, Fall: 1}
 	for i := range 20 {
 		if err := scheduler.Set(fmt.Sprintf("hanging-%02d", i), target, check, Up); err != nil {
 			t.Fatalf("Set: %v", err)
 		}
 	}
-	stop := startScheduler(t, scheduler)
+	stop := startScheduler(t, scheduler, log.record)
 	waitFor(t, 5*time.Second, "a probe in flight", func() bool { return inFlight.Load() > 0 })
 
 	started := time.Now()
@@ -340,12 +341,12 @@ func TestSchedulerReportsTransitions(t *testing.T) {
 	live, _ := tcpBackend(t, "tcp4")
 	dead := closedPort(t)
 	log := newResultLog()
-	scheduler := NewScheduler(2, log.record)
+	scheduler := NewScheduler(2)
 	check := Check{Kind: KindTCP, Interval: 30 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: 2, Fall: 2}
 	if err := scheduler.Set("backend", dead, check, Up); err != nil {
 		t.Fatalf("Set: %v", err)
 	}
-	stop := startScheduler(t, scheduler)
+	stop := startScheduler(t, scheduler, log.record)
 	waitFor(t, 5*time.Second, "the dead backend to go down", func() bool {
 		statuses := scheduler.Snapshot()
 		return len(statuses) == 1 && statuses[0].State == Down
@@ -402,7 +403,7 @@ func TestSchedulerReportsTransitions(t *testing.T) {
 		t.Errorf("after changing the check: state %s, want up", status.State)
 	}
 
-	stop = startScheduler(t, scheduler)
+	stop = startScheduler(t, scheduler, log.record)
 	waitFor(t, 5*time.Second, "the live backend to be probed", func() bool {
 		status := scheduler.Snapshot()[0]
 		return status.ConsecutiveSuccesses >= 2 && status.LastError == nil
@@ -411,7 +412,7 @@ func TestSchedulerReportsTransitions(t *testing.T) {
 }
 
 func TestSchedulerSetRejectsBadInput(t *testing.T) {
-	scheduler := NewScheduler(1, nil)
+	scheduler := NewScheduler(1)
 	live := netip.MustParseAddrPort("127.0.0.1:3000")
 	tests := []struct {
 		name    string

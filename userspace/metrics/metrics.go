@@ -21,18 +21,17 @@ type Source interface {
 	Inventory() control.Inventory
 }
 
-// Metrics is tether's Prometheus registry.
-type Metrics struct {
-	registry     *prometheus.Registry
+// Events records what happens in the daemon as it happens: table builds
+// and health probes. It is the daemon's control.Observer.
+type Events struct {
 	tableBuilds  *prometheus.HistogramVec
 	checks       *prometheus.CounterVec
 	checkLatency *prometheus.HistogramVec
 }
 
-// New returns the registry of a daemon whose maps are m.
-func New(m maps.Maps, source Source, log *slog.Logger, affinityCapacity uint32, started time.Time) *Metrics {
-	out := &Metrics{
-		registry: prometheus.NewRegistry(),
+// NewEvents returns empty event metrics, for New to register.
+func NewEvents() *Events {
+	return &Events{
 		tableBuilds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tether_maglev_build_seconds",
 			Help:    "Time to build and install a VIP's Maglev table.",
@@ -48,31 +47,35 @@ func New(m maps.Maps, source Source, log *slog.Logger, affinityCapacity uint32, 
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"vip", "backend"}),
 	}
-	out.registry.MustRegister(
-		newCollector(m, source, log, affinityCapacity, started),
-		out.tableBuilds, out.checks, out.checkLatency,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	return out
 }
 
-// Registry is what /metrics serves.
-func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
-
 // TableBuilt records a table build and swap.
-func (m *Metrics) TableBuilt(vip string, took time.Duration) {
-	m.tableBuilds.WithLabelValues(vip).Observe(took.Seconds())
+func (e *Events) TableBuilt(vip string, took time.Duration) {
+	e.tableBuilds.WithLabelValues(vip).Observe(took.Seconds())
 }
 
 // HealthChecked records one probe.
-func (m *Metrics) HealthChecked(vip, backend string, healthy bool, latency time.Duration) {
+func (e *Events) HealthChecked(vip, backend string, healthy bool, latency time.Duration) {
 	result := "failure"
 	if healthy {
 		result = "success"
 	}
-	m.checks.WithLabelValues(vip, backend, result).Inc()
-	m.checkLatency.WithLabelValues(vip, backend).Observe(latency.Seconds())
+	e.checks.WithLabelValues(vip, backend, result).Inc()
+	e.checkLatency.WithLabelValues(vip, backend).Observe(latency.Seconds())
+}
+
+// New returns the registry /metrics serves for a daemon whose maps are m:
+// a collector that reads m and source at scrape time, events, and the Go
+// runtime's and the process's metrics.
+func New(m maps.Maps, source Source, events *Events, log *slog.Logger, affinityCapacity uint32, started time.Time) *prometheus.Registry {
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		newCollector(m, source, log, affinityCapacity, started),
+		events.tableBuilds, events.checks, events.checkLatency,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return registry
 }
 
 type collector struct {

@@ -42,14 +42,15 @@ func testSource() (*maps.Fake, inventory) {
 
 func TestCollectorReadsTheMaps(t *testing.T) {
 	m, inv := testSource()
-	metrics := New(m, inv, slog.New(slog.DiscardHandler), 1024, time.Unix(1000, 0))
-	metrics.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
-	metrics.HealthChecked("198.18.1.1:80/tcp", "b1", true, 2*time.Millisecond)
+	events := NewEvents()
+	registry := New(m, inv, events, slog.New(slog.DiscardHandler), 1024, time.Unix(1000, 0))
+	events.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
+	events.HealthChecked("198.18.1.1:80/tcp", "b1", true, 2*time.Millisecond)
 	want := `
 # HELP tether_packets_total Packets seen by the XDP program, by outcome.
 # TYPE tether_packets_total counter
 `
-	got, err := testutil.GatherAndCount(metrics.Registry(), "tether_packets_total")
+	got, err := testutil.GatherAndCount(registry, "tether_packets_total")
 	if err != nil || got != len(maps.OutcomeNames) {
 		t.Fatalf("tether_packets_total has %d series (%v), want one per outcome (%d)", got, err, len(maps.OutcomeNames))
 	}
@@ -59,7 +60,7 @@ func TestCollectorReadsTheMaps(t *testing.T) {
 			expected += `tether_packets_total{outcome="` + name + `"} 0` + "\n"
 		}
 	}
-	if err := testutil.GatherAndCompare(metrics.Registry(), strings.NewReader(expected), "tether_packets_total"); err != nil {
+	if err := testutil.GatherAndCompare(registry, strings.NewReader(expected), "tether_packets_total"); err != nil {
 		t.Error(err)
 	}
 	for _, series := range []struct {
@@ -73,7 +74,7 @@ func TestCollectorReadsTheMaps(t *testing.T) {
 		{"tether_attach_info", `tether_attach_info{interface="eth0",mode="native",program_id="42"} 1`},
 		{"tether_datapath_active", "tether_datapath_active 1"},
 	} {
-		body, err := testutil.CollectAndFormat(metrics.Registry(), expfmt.TypeTextPlain, series.name)
+		body, err := testutil.CollectAndFormat(registry, expfmt.TypeTextPlain, series.name)
 		if err != nil {
 			body = nil
 		}
@@ -85,10 +86,11 @@ func TestCollectorReadsTheMaps(t *testing.T) {
 
 func TestCollectorPassesLint(t *testing.T) {
 	m, inv := testSource()
-	metrics := New(m, inv, slog.New(slog.DiscardHandler), 1024, time.Now())
-	metrics.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
-	metrics.HealthChecked("198.18.1.1:80/tcp", "b1", false, time.Millisecond)
-	problems, err := testutil.GatherAndLint(metrics.Registry())
+	events := NewEvents()
+	registry := New(m, inv, events, slog.New(slog.DiscardHandler), 1024, time.Now())
+	events.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
+	events.HealthChecked("198.18.1.1:80/tcp", "b1", false, time.Millisecond)
+	problems, err := testutil.GatherAndLint(registry)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,10 +107,11 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, inv := testSource()
-	metrics := New(m, inv, slog.New(slog.DiscardHandler), 1024, time.Now())
-	metrics.TableBuilt("v", time.Millisecond)
-	metrics.HealthChecked("v", "b", true, time.Millisecond)
-	families, err := metrics.Registry().Gather()
+	events := NewEvents()
+	registry := New(m, inv, events, slog.New(slog.DiscardHandler), 1024, time.Now())
+	events.TableBuilt("v", time.Millisecond)
+	events.HealthChecked("v", "b", true, time.Millisecond)
+	families, err := registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,283 @@
+// Package daemon is tether's composition root: it builds the datapath,
+// the control daemon, the health checker, the watchers, the control socket
+// and the metrics from one typed Config, runs them until the context ends,
+// and takes nothing from the command line itself.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-lb/tether/loader"
+	"github.com/tether-lb/tether/maps"
+	"github.com/tether-lb/tether/userspace/control"
+	"github.com/tether-lb/tether/userspace/health"
+	"github.com/tether-lb/tether/userspace/metrics"
+)
+
+// DefaultStateDir is where the desired state is saved unless told otherwise.
+const DefaultStateDir = "/var/lib/tether"
+
+// Config is everything tether run is told.
+type Config struct {
+	Interface       string
+	Mode            loader.Mode
+	ConfigFile      string // YAML VIPs and backends, re-read on reload; "" for none
+	StateDir        string
+	Socket          string // the control socket's path
+	SocketGID       int    // a group allowed on the socket besides root; -1 for none
+	MetricsAddr     string // ADDR:PORT for /metrics and /healthz; "" for none
+	BPFFS           string // bpffs mount point of the pins
+	Loader          loader.Options
+	WatchdogTimeout time.Duration // 0: off
+	CheckWorkers    int           // health checks in flight at most
+}
+
+// check refuses what Run cannot start with, before anything is touched.
+func (c Config) check() error {
+	if c.WatchdogTimeout < 0 {
+		return fmt.Errorf("watchdog timeout %s is negative, expected 0 (off) or a duration such as 30s", c.WatchdogTimeout)
+	}
+	if c.CheckWorkers < 1 {
+		return fmt.Errorf("check workers %d is out of range, expected at least 1", c.CheckWorkers)
+	}
+	return nil
+}
+
+// Run runs the daemon until ctx ends or a part of it fails, re-reading the
+// config file whenever reload delivers. The XDP program keeps forwarding
+// after Run returns.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, reload <-chan os.Signal) error {
+	started := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	iface, err := net.InterfaceByName(cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("interface %q: %w", cfg.Interface, err)
+	}
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	var metricsListener net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsListener, err = listenMetrics(cfg.MetricsAddr); err != nil {
+			return err
+		}
+		defer metricsListener.Close()
+	}
+	if err := checkCapabilities(); err != nil {
+		return err
+	}
+	release, err := control.LockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer release()
+	h, err := open(ctx, cfg, iface.Index, log)
+	if err != nil {
+		return err
+	}
+	defer h.close()
+	if err := h.attach(iface.Index); err != nil {
+		return err
+	}
+	var registry *metricsRegistry
+	if metricsListener != nil {
+		registry = &metricsRegistry{listener: metricsListener,
+			registry: metrics.New(h.maps, h.daemon, h.events, log, h.datapath.Options.AffinityCapacity, started)}
+	}
+	return h.serve(ctx, cancel, iface.Index, registry, reload)
+}
+
+func checkCapabilities() error {
+	missing, err := missingCapabilities()
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("tether run lacks %s: it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run as root or grant them; see deploy/tether.service)", strings.Join(missing, " and "))
+	}
+	return nil
+}
+
+// host is one running tether: its datapath and the parts that manage it.
+type host struct {
+	cfg       Config
+	log       *slog.Logger
+	statePath string
+	pinDir    string
+	datapath  *loader.Datapath
+	maps      *maps.Kernel
+	events    *metrics.Events
+	checker   *health.Scheduler
+	daemon    *control.Daemon
+	programID uint32
+}
+
+// open loads or adopts the datapath and writes the desired state (the
+// state file, merged with the config file) into it.
+func open(ctx context.Context, cfg Config, ifindex int, log *slog.Logger) (*host, error) {
+	h := &host{cfg: cfg, log: log, statePath: filepath.Join(cfg.StateDir, "state.json"),
+		pinDir: loader.PinDir(cfg.BPFFS, cfg.Interface), events: metrics.NewEvents(), checker: health.NewScheduler(cfg.CheckWorkers)}
+	state, found, err := control.LoadState(h.statePath)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ConfigFile != "" {
+		if state, err = control.MergeConfigFile(state, cfg.ConfigFile); err != nil {
+			return nil, err
+		}
+	}
+	adopted, err := h.openDatapath()
+	if err != nil {
+		return nil, err
+	}
+	if h.daemon, err = control.New(control.Options{
+		Maps: h.maps, Resolver: neighResolver{}, Checker: h.checker, StatePath: h.statePath,
+		IngressIfindex: ifindex, Log: log, Observer: h.events,
+	}, state); err != nil {
+		h.close()
+		return nil, err
+	}
+	if !found && adopted {
+		log.Warn("no state file but pinned maps exist: entries the state does not know will be removed", "state", h.statePath)
+	}
+	if err := h.daemon.Start(ctx); err != nil {
+		h.close()
+		return nil, fmt.Errorf("writing the desired state into the datapath: %w", err)
+	}
+	if err := h.daemon.SetWatchdogTimeout(cfg.WatchdogTimeout); err != nil {
+		h.close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// openDatapath mounts bpffs if needed and loads the program and maps, or
+// adopts the pinned ones; it reports whether it adopted them.
+func (h *host) openDatapath() (adopted bool, err error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return false, fmt.Errorf("lifting the memlock limit for BPF maps: %w", err)
+	}
+	mounted, err := loader.EnsureBPFFS(h.cfg.BPFFS)
+	if err != nil {
+		return false, err
+	}
+	if mounted {
+		h.log.Info("no bpffs was mounted: mounted one", "path", h.cfg.BPFFS)
+	}
+	if h.datapath, adopted, err = loader.Open(h.pinDir, h.cfg.Loader); err != nil {
+		return false, err
+	}
+	if adopted {
+		h.log.Info("adopted pinned maps: forwarding state kept", "pins", h.pinDir)
+	}
+	if h.maps, err = maps.NewKernel(&h.datapath.Maps, maps.LimitsOf(h.datapath.Options)); err != nil {
+		h.datapath.Close()
+		h.datapath = nil
+		return false, err
+	}
+	return adopted, nil
+}
+
+// close lets go of the maps and program; the pins keep them alive.
+func (h *host) close() {
+	if h.maps != nil {
+		h.maps.Close()
+	}
+	if h.datapath != nil {
+		h.datapath.Close()
+	}
+}
+
+// attach attaches the pinned program to ifindex and tells the daemon
+// where it runs.
+func (h *host) attach(ifindex int) error {
+	attachment, err := h.datapath.AttachPinned(h.pinDir, ifindex, h.cfg.Mode)
+	if err != nil {
+		return err
+	}
+	if h.programID == 0 {
+		info, err := h.datapath.Program.Info()
+		if err != nil {
+			return fmt.Errorf("reading program info: %w", err)
+		}
+		id, _ := info.ID()
+		h.programID = uint32(id)
+		h.log.Info("XDP program attached", "iface", h.cfg.Interface, "mode", attachment.Mode.String(), "program_id", id, "replaced_running_program", attachment.Replaced)
+	}
+	h.daemon.SetDatapathInfo(control.DatapathInfo{Interface: h.cfg.Interface, Mode: attachment.Mode.String(), ProgramID: h.programID, PinDir: h.pinDir})
+	return nil
+}
+
+// metricsRegistry is what /metrics serves, and where.
+type metricsRegistry struct {
+	listener net.Listener
+	registry *prometheus.Registry
+}
+
+// serve runs every part until ctx ends or one fails, re-reading the config
+// file on reload.
+func (h *host) serve(ctx context.Context, cancel context.CancelFunc, ifindex int, m *metricsRegistry, reload <-chan os.Signal) error {
+	server := control.NewServer(h.daemon, h.log, h.cfg.SocketGID)
+	ln, err := server.Listen(h.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	spawn := func(f func() error) {
+		wg.Go(func() {
+			if err := f(); err != nil {
+				errs <- err
+			}
+		})
+	}
+	spawn(func() error { return server.Serve(ctx, ln) })
+	spawn(func() error { h.checker.Run(ctx, h.daemon.HealthResult); return nil })
+	spawn(func() error { h.daemon.Maintain(ctx, time.Second); return nil })
+	spawn(func() error { h.daemon.Heartbeat(ctx, time.Second); return nil })
+	spawn(func() error { return watchNeighbours(ctx, h.daemon, h.log) })
+	spawn(func() error { return watchInterface(ctx, h.cfg.Interface, ifindex, h.attach, h.daemon, h.log) })
+	if m != nil {
+		spawn(func() error { return serveMetrics(ctx, m.listener, m.registry) })
+	}
+	h.log.Info("tether running", "socket", h.cfg.Socket, "state", h.statePath)
+	runErr := h.loop(ctx, errs, reload)
+	cancel()
+	wg.Wait()
+	h.log.Info("tether stopped; the XDP program keeps forwarding (tether detach removes it)")
+	return runErr
+}
+
+// loop waits for the end, a failed part or a reload.
+func (h *host) loop(ctx context.Context, errs <-chan error, reload <-chan os.Signal) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			return err
+		case <-reload:
+			if h.cfg.ConfigFile == "" {
+				h.log.Info("SIGHUP without --config: nothing to re-read")
+				continue
+			}
+			if err := h.daemon.ReloadConfig(ctx, h.cfg.ConfigFile); err != nil {
+				h.log.Error("re-reading config: keeping the current state", "error", err)
+			} else {
+				h.log.Info("config re-read", "path", h.cfg.ConfigFile)
+			}
+		}
+	}
+}
