@@ -25,6 +25,9 @@ volatile const enum affinity_event affinity_event_type = AFFINITY_EVENT_MAX;
 volatile const enum backend_state backend_state_type = BACKEND_DOWN;
 volatile const enum vip_flag vip_flag_type = VIP_FLAG_NO_BACKEND_PASS;
 volatile const enum family family_type = FAMILY_IPV4;
+volatile const enum limits limits_type = AFFINITY_WAYS;
+volatile const enum time_limit_ms time_limit_ms_type = MAX_CLOCK_SKEW_MS;
+volatile const enum route_layout route_layout_type = ROUTE_ID_MASK;
 
 /* What one packet did, for accounting. */
 struct result {
