@@ -69,8 +69,10 @@ struct lb_counters {
 	__u64 affinity[AFFINITY_EVENT_MAX];
 };
 
-/* Mutable settings; a map rather than global variables so that a restarted
- * or upgraded daemon adopts them from the pinned map as they are. */
+/* Mutable settings, which the daemon rewrites, all in one map update, while
+ * the program runs. Not pinned (loader/pin.go pins only state maps): each
+ * program has its own, all zero, so it passes every packet until the daemon
+ * that loaded it writes them. */
 struct lb_settings {
 	__u32 seed;   /* Maglev hash seed; identical on LB hosts behind ECMP */
 	__u32 active; /* 0: pass everything to the stack */
