@@ -19,14 +19,14 @@
  * writes the client and the time and publishes the route last, with a
  * sequentially consistent atomic exchange, which orders the writes before
  * it on every CPU. A reader accepts an entry only when the route it read
- * before comparing the client is still there after. On x86, where loads are not reordered with each
- * other, a reader thus never pairs one client's address with another's
- * route; on weakly ordered CPUs (arm64) it may, rarely, for one packet.
- * Two limits hold everywhere: a route is not a version, so a way rewritten
- * for another client with an equal route (same VIP, backend and generation)
- * looks unchanged; and two CPUs inserting the same client at once may both
- * succeed, in two ways of its bucket (readers take the first; user space
- * counts and deletes both). The daemon clears entries with the same
+ * before comparing the client is still there after. On x86, where loads are not
+ * reordered with each other, a reader thus never pairs one client's address
+ * with another's route; on weakly ordered CPUs (arm64) it may, rarely, for one
+ * packet. Two limits hold everywhere: a route is not a version, so a way
+ * rewritten for another client with an equal route (same VIP, backend and
+ * generation) looks unchanged; and two CPUs inserting the same client at once
+ * may both succeed, in two ways of its bucket (readers take the first; user
+ * space counts and deletes both). The daemon clears entries with the same
  * compare-and-swap. */
 #ifndef TETHER_AFFINITY_H
 #define TETHER_AFFINITY_H
@@ -119,7 +119,8 @@ static __always_inline int same_client(const struct affinity_entry *e,
 	const __u32 *a = (const __u32 *)e->client;
 	const __u32 *b = (const __u32 *)client;
 
-	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
+		(a[3] ^ b[3])) == 0;
 }
 
 /* The client's entry in bucket b and its route, or NULL. */
@@ -167,7 +168,8 @@ affinity_victim(struct affinity_bucket *b, __u64 *route)
 			*route = 0;
 			return e;
 		}
-		if (r != ROUTE_BUSY && (!victim || e->last_seen_ns < victim->last_seen_ns))
+		if (r != ROUTE_BUSY &&
+		    (!victim || e->last_seen_ns < victim->last_seen_ns))
 			victim = e;
 	}
 	if (!victim) {

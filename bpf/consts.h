@@ -6,7 +6,7 @@
 /* Enum members rather than #defines so that they reach BTF and, through
  * bpf2go, the Go side; maps/layout_test.go checks every value Go uses. */
 enum limits {
-	/* IPv6 extension headers skipped before giving up on finding TCP/UDP. */
+	/* IPv6 extension headers skipped, at most, to reach TCP/UDP. */
 	MAX_IPV6_EXT_HEADERS = 4,
 	/* Slots of each CPU's VIP cache (a power of two). */
 	VIP_CACHE_SLOTS = 16,
@@ -75,11 +75,11 @@ enum outcome {
 
 /* Affinity events, counted beside the outcome of the same packet. */
 enum affinity_event {
-	AFFINITY_HIT = 0,      /* fresh entry, usable backend: it decided */
-	AFFINITY_MISS,         /* no entry: a new client */
-	AFFINITY_EXPIRED,      /* entry older than the VIP's affinity timeout */
-	AFFINITY_STALE,        /* entry's backend gone, down or re-generated */
-	AFFINITY_INSERT,       /* Maglev's choice written to the map */
+	AFFINITY_HIT = 0, /* fresh entry, usable backend: it decided */
+	AFFINITY_MISS,    /* no entry: a new client */
+	AFFINITY_EXPIRED, /* entry older than the VIP's affinity timeout */
+	AFFINITY_STALE,   /* entry's backend gone, down or re-generated */
+	AFFINITY_INSERT,  /* Maglev's choice written to the map */
 	AFFINITY_INSERT_FAILED,
 	/* The insert took the place of another client's entry that was fresh
 	 * by this VIP's timeout: the table is too small for the clients. */

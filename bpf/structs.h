@@ -37,9 +37,9 @@ struct vip_cache_entry {
 };
 
 struct backend {
-	__u8 mac[6];     /* destination MAC written into forwarded frames */
-	__u8 src_mac[6]; /* source MAC: the egress interface's own */
-	__u32 ifindex;   /* 0 or the ingress interface: XDP_TX; else devmap */
+	__u8 mac[6];      /* destination MAC written into forwarded frames */
+	__u8 src_mac[6];  /* source MAC: the egress interface's own */
+	__u32 ifindex;    /* 0 or the ingress interface: XDP_TX; else devmap */
 	__u32 generation; /* bumped by the daemon to void affinity entries */
 	__u8 addr[16];
 	__u8 family;
@@ -76,7 +76,7 @@ struct lb_counters {
 struct lb_settings {
 	__u32 seed;   /* Maglev hash seed; identical on LB hosts behind ECMP */
 	__u32 active; /* 0: pass everything to the stack */
-	__u64 watchdog_ns;         /* daemon's last heartbeat, CLOCK_MONOTONIC */
+	__u64 watchdog_ns; /* daemon's last heartbeat, CLOCK_MONOTONIC */
 	__u64 watchdog_timeout_ns; /* 0: no watchdog */
 };
 
