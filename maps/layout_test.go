@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -50,7 +49,10 @@ func enumValue(t *testing.T, spec *ebpf.CollectionSpec, name, member string) uin
 // with the datapath has the value the compiled program was built with.
 func TestConstantsMatchTheObject(t *testing.T) {
 	spec := tetherSpec(t)
-	const nsPerMS = uint64(time.Millisecond) // NS_PER_MS in bpf/consts.h
+	nsPerMS, err := cUint64(cDefines(t, "consts.h")["NS_PER_MS"])
+	if err != nil {
+		t.Fatalf("reading NS_PER_MS in bpf/consts.h: %v", err)
+	}
 	routeIDMask := enumValue(t, spec, "route_layout", "ROUTE_ID_MASK")
 	for _, c := range []struct {
 		goName string
