@@ -4,11 +4,20 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 # CI and root runs must not skip the BPF tests.
 TEST_ENV := $(if $(filter 0,$(shell id -u)),TETHER_REQUIRE_BPF=1,)
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool tcpdump
+# The committed BPF object is what this toolchain makes of bpf/: clang-14
+# (loader/gen.go names it; bpf2go strips with llvm-14's llvm-strip-14) and
+# libbpf-dev's bpf_helpers.h. check-toolchain refuses any other version.
+# linux-libc-dev (the kernel's UAPI headers) is not pinned: it follows
+# Debian 12's kernel updates and stays compatible; check-generated still
+# shows any change it makes to the object. clang is for test/demo.
+BPF_CC := clang-14
+BPF_CC_VERSION := 14.0.6
+LIBBPF_DEV_VERSION := 1:1.1.2-0+deb12u1
+APT_PACKAGES := $(BPF_CC) llvm-14 clang-format-14 libbpf-dev clang bpftool iproute2 ethtool tcpdump
 NODE_DIR := test/e2e/node
 NODE_MODULES := $(NODE_DIR)/node_modules/.package-lock.json
 
-.PHONY: help deps node-deps generate check-generated build test fuzz demo lint bench
+.PHONY: help deps node-deps check-toolchain generate check-generated build test fuzz demo lint bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -20,7 +29,13 @@ deps: ## install the Debian packages the build and tests need (root)
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-generate: deps ## regenerate the BPF objects and Go bindings with bpf2go
+check-toolchain: deps ## fail unless the BPF compiler and headers are the pinned versions
+	@found=$$($(BPF_CC) -dumpversion 2>/dev/null); [ "$$found" = "$(BPF_CC_VERSION)" ] || \
+		{ echo "BPF compiler $(BPF_CC): expected version $(BPF_CC_VERSION), found $${found:-none}"; exit 1; }
+	@found=$$(dpkg-query -W -f='$${Version}' libbpf-dev 2>/dev/null); [ "$$found" = "$(LIBBPF_DEV_VERSION)" ] || \
+		{ echo "BPF headers libbpf-dev: expected version $(LIBBPF_DEV_VERSION), found $${found:-none}"; exit 1; }
+
+generate: check-toolchain ## regenerate the BPF objects and Go bindings with bpf2go
 	$(GO) generate ./loader/
 
 check-generated: generate ## fail if the committed BPF objects differ from a fresh build
@@ -59,6 +74,7 @@ bench: deps build ## measure tether against floors, nginx and no balancer; write
 	fi
 	$(GO) run ./test/bench/cmd/tether-bench -tether bin/tether -out bench-results.md $(if $(QUICK),-quick,) $(if $(PARTS),-parts $(PARTS),)
 
-lint: ## go vet and gofmt
+lint: deps ## go vet, gofmt and clang-format (bpf/)
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	clang-format-14 --dry-run --Werror bpf/*.c bpf/*.h

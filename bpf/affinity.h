@@ -19,14 +19,14 @@
  * writes the client and the time and publishes the route last, with a
  * sequentially consistent atomic exchange, which orders the writes before
  * it on every CPU. A reader accepts an entry only when the route it read
- * before comparing the client is still there after. On x86, where loads are not reordered with each
- * other, a reader thus never pairs one client's address with another's
- * route; on weakly ordered CPUs (arm64) it may, rarely, for one packet.
- * Two limits hold everywhere: a route is not a version, so a way rewritten
- * for another client with an equal route (same VIP, backend and generation)
- * looks unchanged; and two CPUs inserting the same client at once may both
- * succeed, in two ways of its bucket (readers take the first; user space
- * counts and deletes both). The daemon clears entries with the same
+ * before comparing the client is still there after. On x86, where loads are not
+ * reordered with each other, a reader thus never pairs one client's address
+ * with another's route; on weakly ordered CPUs (arm64) it may, rarely, for one
+ * packet. Two limits hold everywhere: a route is not a version, so a way
+ * rewritten for another client with an equal route (same VIP, backend and
+ * generation) looks unchanged; and two CPUs inserting the same client at once
+ * may both succeed, in two ways of its bucket (readers take the first; user
+ * space counts and deletes both). The daemon clears entries with the same
  * compare-and-swap. */
 #ifndef TETHER_AFFINITY_H
 #define TETHER_AFFINITY_H
@@ -42,28 +42,44 @@
 
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
 
+/* An entry's route: vip_id in the low 16 bits, backend_id in the next 16,
+ * the backend's generation in the high 32. */
+enum route_layout {
+	ROUTE_ID_MASK = 0xffff, /* of vip_id and of backend_id */
+	ROUTE_BACKEND_SHIFT = 16,
+	ROUTE_GENERATION_SHIFT = 32,
+};
+
 /* vip_id < max_vips <= 0xffff and backend_id < max backends <= 0x10000,
  * which the loader checks. */
 static __always_inline __u64 route_make(__u32 vip_id, __u32 backend_id,
 					__u32 generation)
 {
-	return (__u64)vip_id | (__u64)backend_id << 16 | (__u64)generation << 32;
+	return (__u64)vip_id | (__u64)backend_id << ROUTE_BACKEND_SHIFT |
+	       (__u64)generation << ROUTE_GENERATION_SHIFT;
 }
 
 static __always_inline __u32 route_vip(__u64 route)
 {
-	return route & 0xffff;
+	return route & ROUTE_ID_MASK;
 }
 
 static __always_inline __u32 route_backend(__u64 route)
 {
-	return (route >> 16) & 0xffff;
+	return (route >> ROUTE_BACKEND_SHIFT) & ROUTE_ID_MASK;
 }
 
 static __always_inline __u32 route_generation(__u64 route)
 {
-	return route >> 32;
+	return route >> ROUTE_GENERATION_SHIFT;
 }
+
+/* affinity_hash's multipliers: odd, 64 bits, immediates in the code.
+ * maps/layout_test.go reads them here to check maps/affinity.go's. */
+#define AFFINITY_HASH_VIP_MUL 0xd6e8feb86659fd93ULL
+#define AFFINITY_HASH_LOW_MUL 0x9e3779b97f4a7c15ULL
+#define AFFINITY_HASH_HIGH_MUL 0xc2b2ae3d27d4eb4fULL
+#define AFFINITY_HASH_FINAL_MUL 0x165667b19e3779f9ULL
 
 /* The bucket hash of {vip_id, client} under the table's secret salt: each
  * 64-bit half of the key salted and folded onto itself (a multiply carries
@@ -78,14 +94,14 @@ static __always_inline __u32 affinity_hash(__u64 salt, __u32 vip_id,
 {
 	const __u64 *half = (const __u64 *)client;
 	__u64 a = half[0] ^ salt;
-	__u64 b = half[1] ^ ((__u64)vip_id * 0xd6e8feb86659fd93ULL + salt);
+	__u64 b = half[1] ^ ((__u64)vip_id * AFFINITY_HASH_VIP_MUL + salt);
 	__u64 h;
 
 	a ^= a >> 32;
 	b ^= b >> 32;
-	h = a * 0x9e3779b97f4a7c15ULL ^ b * 0xc2b2ae3d27d4eb4fULL;
+	h = a * AFFINITY_HASH_LOW_MUL ^ b * AFFINITY_HASH_HIGH_MUL;
 	h ^= h >> 29;
-	return (h * 0x165667b19e3779f9ULL) >> 32;
+	return (h * AFFINITY_HASH_FINAL_MUL) >> 32;
 }
 
 /* Multiply-shift maps the hash onto [0, affinity_buckets) without a
@@ -103,7 +119,8 @@ static __always_inline int same_client(const struct affinity_entry *e,
 	const __u32 *a = (const __u32 *)e->client;
 	const __u32 *b = (const __u32 *)client;
 
-	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
+		(a[3] ^ b[3])) == 0;
 }
 
 /* The client's entry in bucket b and its route, or NULL. */
@@ -151,7 +168,8 @@ affinity_victim(struct affinity_bucket *b, __u64 *route)
 			*route = 0;
 			return e;
 		}
-		if (r != ROUTE_BUSY && (!victim || e->last_seen_ns < victim->last_seen_ns))
+		if (r != ROUTE_BUSY &&
+		    (!victim || e->last_seen_ns < victim->last_seen_ns))
 			victim = e;
 	}
 	if (!victim) {

@@ -3,24 +3,34 @@
 #ifndef TETHER_CONSTS_H
 #define TETHER_CONSTS_H
 
-/* IPv6 extension headers skipped before giving up on finding TCP/UDP. */
-#define MAX_IPV6_EXT_HEADERS 4
+/* Enum members rather than #defines so that they reach BTF and, through
+ * bpf2go, the Go side; maps/layout_test.go checks every value Go uses. */
+enum limits {
+	/* IPv6 extension headers skipped, at most, to reach TCP/UDP. */
+	MAX_IPV6_EXT_HEADERS = 4,
+	/* Slots of each CPU's VIP cache (a power of two). */
+	VIP_CACHE_SLOTS = 16,
+	/* Entries per affinity bucket: 4 x 32 bytes, two cache lines. */
+	AFFINITY_WAYS = 4,
+};
 
-/* Slots of each CPU's VIP cache (a power of two). */
-#define VIP_CACHE_SLOTS 16
+/* Times in milliseconds: an enum member holds only 32 bits. The datapath
+ * uses them in nanoseconds, below. */
+enum time_limit_ms {
+	/* An affinity entry's last_seen_ns is rewritten only when it is older
+	 * than this, so a busy client does not bounce the entry's cache line
+	 * between CPUs on every packet. */
+	AFFINITY_REFRESH_MS = 1000,
+	/* A timestamp ahead of this CPU's clock is trusted by at most this
+	 * much: another CPU's coarse clock or the daemon's fine one may lead a
+	 * little, a bogus stamp must not make an entry or the watchdog fresh
+	 * forever. */
+	MAX_CLOCK_SKEW_MS = 1000,
+};
 
-/* Entries per affinity bucket: 4 x 32 bytes, two cache lines. */
-#define AFFINITY_WAYS 4
-
-/* An affinity entry's last_seen_ns is rewritten only when it is older than
- * this, so a busy client does not bounce the entry's cache line between
- * CPUs on every packet. */
-#define AFFINITY_REFRESH_NS 1000000000ULL
-
-/* A timestamp ahead of this CPU's clock is trusted by at most this much:
- * another CPU's coarse clock or the daemon's fine one may lead a little, a
- * bogus stamp must not make an entry or the watchdog fresh forever. */
-#define MAX_CLOCK_SKEW_NS 1000000000ULL
+#define NS_PER_MS 1000000ULL
+#define AFFINITY_REFRESH_NS (AFFINITY_REFRESH_MS * NS_PER_MS)
+#define MAX_CLOCK_SKEW_NS (MAX_CLOCK_SKEW_MS * NS_PER_MS)
 
 enum family {
 	FAMILY_IPV4 = 4,
@@ -65,11 +75,11 @@ enum outcome {
 
 /* Affinity events, counted beside the outcome of the same packet. */
 enum affinity_event {
-	AFFINITY_HIT = 0,      /* fresh entry, usable backend: it decided */
-	AFFINITY_MISS,         /* no entry: a new client */
-	AFFINITY_EXPIRED,      /* entry older than the VIP's affinity timeout */
-	AFFINITY_STALE,        /* entry's backend gone, down or re-generated */
-	AFFINITY_INSERT,       /* Maglev's choice written to the map */
+	AFFINITY_HIT = 0, /* fresh entry, usable backend: it decided */
+	AFFINITY_MISS,    /* no entry: a new client */
+	AFFINITY_EXPIRED, /* entry older than the VIP's affinity timeout */
+	AFFINITY_STALE,   /* entry's backend gone, down or re-generated */
+	AFFINITY_INSERT,  /* Maglev's choice written to the map */
 	AFFINITY_INSERT_FAILED,
 	/* The insert took the place of another client's entry that was fresh
 	 * by this VIP's timeout: the table is too small for the clients. */

@@ -10,7 +10,7 @@
 
 /* Load-time constants, rewritten by the loader to match the map sizes. */
 volatile const __u32 max_vips = 64;
-volatile const __u32 table_stride = 65537; /* largest table size M */
+volatile const __u32 table_stride = 65537;       /* largest table size M */
 volatile const __u32 affinity_buckets = 1 << 18; /* entries of `affinity` */
 
 /* vip_key -> vip_info; written by the daemon. */

@@ -88,7 +88,8 @@ static __always_inline int parse_ipv4(void *l3, void *data_end,
 		pkt->key.proto = ip->protocol;
 		return PARSE_OK;
 	}
-	return parse_l4(l3 + header_len, data_end, l3 + total_len, ip->protocol, pkt);
+	return parse_l4(l3 + header_len, data_end, l3 + total_len, ip->protocol,
+			pkt);
 }
 
 static __always_inline int ipv6_is_skippable(__u8 nexthdr)
@@ -123,7 +124,8 @@ static __always_inline int parse_ipv6(void *l3, void *data_end,
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			struct ipv6_frag *frag = next;
 
-			if ((void *)(frag + 1) > data_end || (void *)(frag + 1) > ip_end)
+			if ((void *)(frag + 1) > data_end ||
+			    (void *)(frag + 1) > ip_end)
 				return OUTCOME_DROP_MALFORMED_IPV6_EXT;
 			nexthdr = frag->nexthdr;
 			next = (void *)(frag + 1);
@@ -135,7 +137,8 @@ static __always_inline int parse_ipv6(void *l3, void *data_end,
 		} else {
 			struct ipv6_opt_hdr *opt = next;
 
-			if ((void *)(opt + 1) > data_end || (void *)(opt + 1) > ip_end)
+			if ((void *)(opt + 1) > data_end ||
+			    (void *)(opt + 1) > ip_end)
 				return OUTCOME_DROP_MALFORMED_IPV6_EXT;
 			nexthdr = opt->nexthdr;
 			next += (opt->hdrlen + 1) * 8;

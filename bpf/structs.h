@@ -37,9 +37,9 @@ struct vip_cache_entry {
 };
 
 struct backend {
-	__u8 mac[6];     /* destination MAC written into forwarded frames */
-	__u8 src_mac[6]; /* source MAC: the egress interface's own */
-	__u32 ifindex;   /* 0 or the ingress interface: XDP_TX; else devmap */
+	__u8 mac[6];      /* destination MAC written into forwarded frames */
+	__u8 src_mac[6];  /* source MAC: the egress interface's own */
+	__u32 ifindex;    /* 0 or the ingress interface: XDP_TX; else devmap */
 	__u32 generation; /* bumped by the daemon to void affinity entries */
 	__u8 addr[16];
 	__u8 family;
@@ -69,12 +69,14 @@ struct lb_counters {
 	__u64 affinity[AFFINITY_EVENT_MAX];
 };
 
-/* Mutable settings; a map rather than global variables so that a restarted
- * or upgraded daemon adopts them from the pinned map as they are. */
+/* Mutable settings, which the daemon rewrites, all in one map update, while
+ * the program runs. Not pinned (loader/pin.go pins only state maps): each
+ * program has its own, all zero, so it passes every packet until the daemon
+ * that loaded it writes them. */
 struct lb_settings {
 	__u32 seed;   /* Maglev hash seed; identical on LB hosts behind ECMP */
 	__u32 active; /* 0: pass everything to the stack */
-	__u64 watchdog_ns;         /* daemon's last heartbeat, CLOCK_MONOTONIC */
+	__u64 watchdog_ns; /* daemon's last heartbeat, CLOCK_MONOTONIC */
 	__u64 watchdog_timeout_ns; /* 0: no watchdog */
 };
 

@@ -25,11 +25,14 @@ volatile const enum affinity_event affinity_event_type = AFFINITY_EVENT_MAX;
 volatile const enum backend_state backend_state_type = BACKEND_DOWN;
 volatile const enum vip_flag vip_flag_type = VIP_FLAG_NO_BACKEND_PASS;
 volatile const enum family family_type = FAMILY_IPV4;
+volatile const enum limits limits_type = AFFINITY_WAYS;
+volatile const enum time_limit_ms time_limit_ms_type = MAX_CLOCK_SKEW_MS;
+volatile const enum route_layout route_layout_type = ROUTE_ID_MASK;
 
 /* What one packet did, for accounting. */
 struct result {
-	__u32 vip_id;     /* NO_VIP until a VIP matched */
-	__u32 backend_id; /* 0 until a backend was chosen */
+	__u32 vip_id;          /* NO_VIP until a VIP matched */
+	__u32 backend_id;      /* 0 until a backend was chosen */
 	__u32 affinity_events; /* bit (1 << enum affinity_event) */
 };
 
@@ -84,7 +87,8 @@ static __always_inline void client_key(__u8 *client, const struct packet *pkt,
 {
 	const __be32 *src = (const __be32 *)pkt->source;
 	__be32 *dst = (__be32 *)client;
-	__u32 prefix = pkt->key.family == FAMILY_IPV4 ? vip->prefix4 : vip->prefix6;
+	__u32 prefix =
+		pkt->key.family == FAMILY_IPV4 ? vip->prefix4 : vip->prefix6;
 
 #pragma unroll
 	for (int i = 0; i < 4; i++)
@@ -108,8 +112,10 @@ static __always_inline int same_vip_key(const struct vip_key *a,
 static __always_inline struct vip_info *vip_lookup(const struct vip_key *key)
 {
 	const __u32 *addr = (const __u32 *)key->addr;
-	__u32 mix = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ key->port ^ (__u32)key->proto << 16;
-	__u32 zero = 0, slot = (mix ^ mix >> 7 ^ mix >> 16 ^ mix >> 24) & (VIP_CACHE_SLOTS - 1);
+	__u32 mix = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ key->port ^
+		    (__u32)key->proto << 16;
+	__u32 zero = 0, slot = (mix ^ mix >> 7 ^ mix >> 16 ^ mix >> 24) &
+			       (VIP_CACHE_SLOTS - 1);
 	struct vip_cache_entry *copy = bpf_map_lookup_elem(&vip_cache, &slot);
 	__u64 *epoch = bpf_map_lookup_elem(&vip_epoch, &zero);
 	struct vip_info *vip;
@@ -197,7 +203,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	if (!cfg || !cfg->active)
 		return OUTCOME_PASS_INACTIVE;
 	now = bpf_ktime_get_coarse_ns();
-	if (cfg->watchdog_timeout_ns && !fresh(now, cfg->watchdog_ns, cfg->watchdog_timeout_ns))
+	if (cfg->watchdog_timeout_ns &&
+	    !fresh(now, cfg->watchdog_ns, cfg->watchdog_timeout_ns))
 		return OUTCOME_PASS_WATCHDOG;
 
 	ret = parse_packet(data, data_end, &pkt);
@@ -206,7 +213,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 
 	vip = vip_lookup(&pkt.key);
 	if (!vip)
-		return pkt.fragment ? OUTCOME_PASS_FRAGMENT : OUTCOME_PASS_NOT_VIP;
+		return pkt.fragment ? OUTCOME_PASS_FRAGMENT :
+				      OUTCOME_PASS_NOT_VIP;
 	res->vip_id = vip->vip_id;
 	/* A VIP entry the daemon got wrong must not reach another VIP's
 	 * tables or clients. */
@@ -215,8 +223,12 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 
 	client_key(client, &pkt, vip);
 	salt = bpf_map_lookup_elem(&affinity_salt, &zero);
-	bucket = salt ? affinity_bucket_of(affinity_hash(*salt, vip->vip_id, client)) : NULL;
-	entry = bucket ? affinity_find(bucket, vip->vip_id, client, &route) : NULL;
+	bucket = NULL;
+	if (salt)
+		bucket = affinity_bucket_of(
+			affinity_hash(*salt, vip->vip_id, client));
+	entry = bucket ? affinity_find(bucket, vip->vip_id, client, &route) :
+			 NULL;
 	if (!entry) {
 		res->affinity_events |= 1 << AFFINITY_MISS;
 	} else if (!fresh(now, entry->last_seen_ns, vip->affinity_timeout_ns)) {
@@ -224,7 +236,8 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	} else {
 		id = route_backend(route);
 		be = id ? bpf_map_lookup_elem(&backends, &id) : NULL;
-		if (be && be->generation == route_generation(route) && backend_usable(be)) {
+		if (be && be->generation == route_generation(route) &&
+		    backend_usable(be)) {
 			res->affinity_events |= 1 << AFFINITY_HIT;
 			res->backend_id = id;
 			if (now > entry->last_seen_ns + AFFINITY_REFRESH_NS)
@@ -249,9 +262,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		seen = route;
 	} else {
 		target = affinity_victim(bucket, &seen);
-		evict = seen != 0 && fresh(now, target->last_seen_ns, vip->affinity_timeout_ns);
+		evict = seen != 0 && fresh(now, target->last_seen_ns,
+					   vip->affinity_timeout_ns);
 	}
-	if (affinity_write(target, seen, client, route_make(vip->vip_id, id, be->generation), now)) {
+	if (affinity_write(target, seen, client,
+			   route_make(vip->vip_id, id, be->generation), now)) {
 		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
 	} else {
 		res->affinity_events |= 1 << AFFINITY_INSERT;

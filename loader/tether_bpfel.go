@@ -80,6 +80,14 @@ type TetherLbSettings struct {
 	WatchdogTimeoutNs uint64
 }
 
+type TetherLimits uint32
+
+const (
+	TetherLimitsMAX_IPV6EXT_HEADERS TetherLimits = 4
+	TetherLimitsVIP_CACHE_SLOTS     TetherLimits = 16
+	TetherLimitsAFFINITY_WAYS       TetherLimits = 4
+)
+
 type TetherOutcome uint32
 
 const (
@@ -102,6 +110,21 @@ const (
 	TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6EXT TetherOutcome = 16
 	TetherOutcomeOUTCOME_DROP_MALFORMED_L4      TetherOutcome = 17
 	TetherOutcomeOUTCOME_MAX                    TetherOutcome = 18
+)
+
+type TetherRouteLayout uint32
+
+const (
+	TetherRouteLayoutROUTE_ID_MASK          TetherRouteLayout = 65535
+	TetherRouteLayoutROUTE_BACKEND_SHIFT    TetherRouteLayout = 16
+	TetherRouteLayoutROUTE_GENERATION_SHIFT TetherRouteLayout = 32
+)
+
+type TetherTimeLimitMs uint32
+
+const (
+	TetherTimeLimitMsAFFINITY_REFRESH_MS TetherTimeLimitMs = 1000
+	TetherTimeLimitMsMAX_CLOCK_SKEW_MS   TetherTimeLimitMs = 1000
 )
 
 type TetherVipCacheEntry struct {
@@ -157,9 +180,12 @@ const (
 	TetherVarAffinityEventType = "affinity_event_type"
 	TetherVarBackendStateType  = "backend_state_type"
 	TetherVarFamilyType        = "family_type"
+	TetherVarLimitsType        = "limits_type"
 	TetherVarMaxVips           = "max_vips"
 	TetherVarOutcomeType       = "outcome_type"
+	TetherVarRouteLayoutType   = "route_layout_type"
 	TetherVarTableStride       = "table_stride"
+	TetherVarTimeLimitMsType   = "time_limit_ms_type"
 	TetherVarVipFlagType       = "vip_flag_type"
 )
 
@@ -232,9 +258,12 @@ type TetherVariableSpecs struct {
 	AffinityEventType *ebpf.VariableSpec `ebpf:"affinity_event_type"`
 	BackendStateType  *ebpf.VariableSpec `ebpf:"backend_state_type"`
 	FamilyType        *ebpf.VariableSpec `ebpf:"family_type"`
+	LimitsType        *ebpf.VariableSpec `ebpf:"limits_type"`
 	MaxVips           *ebpf.VariableSpec `ebpf:"max_vips"`
 	OutcomeType       *ebpf.VariableSpec `ebpf:"outcome_type"`
+	RouteLayoutType   *ebpf.VariableSpec `ebpf:"route_layout_type"`
 	TableStride       *ebpf.VariableSpec `ebpf:"table_stride"`
+	TimeLimitMsType   *ebpf.VariableSpec `ebpf:"time_limit_ms_type"`
 	VipFlagType       *ebpf.VariableSpec `ebpf:"vip_flag_type"`
 }
 
@@ -293,9 +322,12 @@ type TetherVariables struct {
 	AffinityEventType *ebpf.Variable `ebpf:"affinity_event_type"`
 	BackendStateType  *ebpf.Variable `ebpf:"backend_state_type"`
 	FamilyType        *ebpf.Variable `ebpf:"family_type"`
+	LimitsType        *ebpf.Variable `ebpf:"limits_type"`
 	MaxVips           *ebpf.Variable `ebpf:"max_vips"`
 	OutcomeType       *ebpf.Variable `ebpf:"outcome_type"`
+	RouteLayoutType   *ebpf.Variable `ebpf:"route_layout_type"`
 	TableStride       *ebpf.Variable `ebpf:"table_stride"`
+	TimeLimitMsType   *ebpf.Variable `ebpf:"time_limit_ms_type"`
 	VipFlagType       *ebpf.Variable `ebpf:"vip_flag_type"`
 }
 

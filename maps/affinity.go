@@ -20,9 +20,19 @@ import (
 const (
 	// AffinityWays is the number of entries of a bucket.
 	AffinityWays = len(loader.TetherAffinityBucket{}.Way)
-	routeBusy    = ^uint64(0)
+	routeBusy    = ^uint64(0) // ROUTE_BUSY
 	// maxRouteID bounds the VIP and backend ids an entry holds.
-	maxRouteID = 0xffff
+	maxRouteID           = uint32(loader.TetherRouteLayoutROUTE_ID_MASK)
+	routeBackendShift    = loader.TetherRouteLayoutROUTE_BACKEND_SHIFT
+	routeGenerationShift = loader.TetherRouteLayoutROUTE_GENERATION_SHIFT
+)
+
+// affinityHash's multipliers, AFFINITY_HASH_*_MUL in bpf/affinity.h.
+const (
+	hashVIPMul   = 0xd6e8feb86659fd93
+	hashLowMul   = 0x9e3779b97f4a7c15
+	hashHighMul  = 0xc2b2ae3d27d4eb4f
+	hashFinalMul = 0x165667b19e3779f9
 )
 
 // affinityHash is affinity_hash in bpf/affinity.h: each little-endian half
@@ -30,12 +40,12 @@ const (
 // two independent multiplies and a multiply-xorshift finalizer.
 func affinityHash(salt uint64, vipID uint32, client [16]byte) uint32 {
 	a := binary.LittleEndian.Uint64(client[0:8]) ^ salt
-	b := binary.LittleEndian.Uint64(client[8:16]) ^ (uint64(vipID)*0xd6e8feb86659fd93 + salt)
+	b := binary.LittleEndian.Uint64(client[8:16]) ^ (uint64(vipID)*hashVIPMul + salt)
 	a ^= a >> 32
 	b ^= b >> 32
-	h := a*0x9e3779b97f4a7c15 ^ b*0xc2b2ae3d27d4eb4f
+	h := a*hashLowMul ^ b*hashHighMul
 	h ^= h >> 29
-	return uint32((h * 0x165667b19e3779f9) >> 32)
+	return uint32((h * hashFinalMul) >> 32)
 }
 
 // AffinityBucket is the bucket of key in a table of buckets buckets hashed
@@ -45,13 +55,13 @@ func AffinityBucket(buckets uint32, salt uint64, key AffinityKey) uint32 {
 }
 
 func makeRoute(vipID uint32, a Affinity) uint64 {
-	return uint64(vipID) | uint64(a.Backend)<<16 | uint64(a.Generation)<<32
+	return uint64(vipID) | uint64(a.Backend)<<routeBackendShift | uint64(a.Generation)<<routeGenerationShift
 }
 
-func routeVIP(route uint64) uint32 { return uint32(route & maxRouteID) }
+func routeVIP(route uint64) uint32 { return uint32(route) & maxRouteID }
 
 func decodeRoute(r uint64, lastSeen uint64) Affinity {
-	return Affinity{Backend: BackendID(r >> 16 & maxRouteID), Generation: uint32(r >> 32), LastSeen: lastSeen}
+	return Affinity{Backend: BackendID(uint32(r>>routeBackendShift) & maxRouteID), Generation: uint32(r >> routeGenerationShift), LastSeen: lastSeen}
 }
 
 // errAffinityBusy: a way kept changing under a writer.
@@ -161,7 +171,7 @@ func (t affinityTable) put(key AffinityKey, a Affinity) (replaced Affinity, ok b
 		return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: the affinity table has no buckets", key.VIPID)
 	case key.VIPID >= maxRouteID:
 		return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: id out of range 0..%d", key.VIPID, maxRouteID-1)
-	case a.Backend == 0 || a.Backend > maxRouteID:
+	case a.Backend == 0 || a.Backend > BackendID(maxRouteID):
 		return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: backend id %d out of range 1..%d", key.VIPID, a.Backend, maxRouteID)
 	}
 	for range 3 {

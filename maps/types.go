@@ -133,10 +133,19 @@ type Affinity struct {
 	LastSeen   uint64 // CLOCK_MONOTONIC nanoseconds
 }
 
-// MaxClockSkew is how far ahead of now a stamp is still trusted
-// (MAX_CLOCK_SKEW_NS in bpf/consts.h): a writer's clock may run a little
-// ahead, but a stamp far in the future must not stay fresh for ever.
-const MaxClockSkew = time.Second
+// Limits of the datapath, from bpf/consts.h.
+const (
+	// MaxClockSkew is how far ahead of now a stamp is still trusted: a
+	// writer's clock may run a little ahead, but a stamp far in the future
+	// must not stay fresh for ever.
+	MaxClockSkew = time.Duration(loader.TetherTimeLimitMsMAX_CLOCK_SKEW_MS) * time.Millisecond
+	// AffinityRefresh is how old an entry's LastSeen gets before a packet
+	// of its client rewrites it.
+	AffinityRefresh = time.Duration(loader.TetherTimeLimitMsAFFINITY_REFRESH_MS) * time.Millisecond
+	// MaxIPv6ExtHeaders is how many IPv6 extension headers the datapath
+	// skips looking for TCP or UDP.
+	MaxIPv6ExtHeaders = int(loader.TetherLimitsMAX_IPV6EXT_HEADERS)
+)
 
 // Fresh is the datapath's rule for a CLOCK_MONOTONIC stamp at now: at most
 // timeout old, or at most MaxClockSkew ahead.

@@ -18,9 +18,6 @@ import (
 const NoVIP = ^uint32(0)
 
 const (
-	maxIPv6ExtHeaders = 4
-	affinityRefreshNs = 1_000_000_000
-
 	ethPIPv4  = 0x0800
 	ethPIPv6  = 0x86dd
 	ethP8021Q = 0x8100
@@ -127,7 +124,7 @@ func parseIPv6(frame []byte, off int, pkt *packet) int {
 	pkt.dst.Addr = addr16(frame[off+24 : off+40])
 	copy(pkt.source[:], frame[off+8:off+24])
 	nexthdr := frame[off+6]
-	for range maxIPv6ExtHeaders {
+	for range maps.MaxIPv6ExtHeaders {
 		if !skippable(nexthdr) {
 			break
 		}
@@ -292,7 +289,7 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 		if ok && be.Generation == entry.Generation && be.State.Usable() {
 			res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_HIT
 			res.Backend = entry.Backend
-			if now > entry.LastSeen+affinityRefreshNs {
+			if now > entry.LastSeen+uint64(maps.AffinityRefresh) {
 				entry.LastSeen = now
 				_ = d.Maps.PutAffinity(key, entry)
 				res.AffinityWritten = true
