@@ -6,13 +6,14 @@ GO ?= go
 TEST_ENV := $(if $(filter 0,$(shell id -u)),TETHER_REQUIRE_BPF=1,)
 # The committed BPF object is what this toolchain makes of bpf/: clang-14
 # (loader/gen.go names it; bpf2go strips with llvm-14's llvm-strip-14) and
-# libbpf-dev's bpf_helpers.h. check-toolchain refuses any other version.
+# libbpf-dev's bpf_helpers.h (upstream version; Debian revisions may
+# change). check-toolchain refuses any other version.
 # linux-libc-dev (the kernel's UAPI headers) is not pinned: it follows
 # Debian 12's kernel updates and stays compatible; check-generated still
 # shows any change it makes to the object. clang is for test/demo.
 BPF_CC := clang-14
 BPF_CC_VERSION := 14.0.6
-LIBBPF_DEV_VERSION := 1:1.1.2-0+deb12u1
+LIBBPF_DEV_VERSION := 1.1.2
 APT_PACKAGES := $(BPF_CC) llvm-14 clang-format-14 libbpf-dev clang bpftool iproute2 ethtool tcpdump
 NODE_DIR := test/e2e/node
 NODE_MODULES := $(NODE_DIR)/node_modules/.package-lock.json
@@ -32,7 +33,7 @@ deps: ## install the Debian packages the build and tests need (root)
 check-toolchain: deps ## fail unless the BPF compiler and headers are the pinned versions
 	@found=$$($(BPF_CC) -dumpversion 2>/dev/null); [ "$$found" = "$(BPF_CC_VERSION)" ] || \
 		{ echo "BPF compiler $(BPF_CC): expected version $(BPF_CC_VERSION), found $${found:-none}"; exit 1; }
-	@found=$$(dpkg-query -W -f='$${Version}' libbpf-dev 2>/dev/null); [ "$$found" = "$(LIBBPF_DEV_VERSION)" ] || \
+	@found=$$(dpkg-query -W -f='$${Version}' libbpf-dev 2>/dev/null | sed 's/^[0-9]*://; s/-[^-]*$$//'); [ "$$found" = "$(LIBBPF_DEV_VERSION)" ] || \
 		{ echo "BPF headers libbpf-dev: expected version $(LIBBPF_DEV_VERSION), found $${found:-none}"; exit 1; }
 
 generate: check-toolchain ## regenerate the BPF objects and Go bindings with bpf2go
