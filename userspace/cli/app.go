@@ -140,66 +140,90 @@ func interspersed(app *cli.App, args []string) []string {
 	if len(args) < 2 {
 		return args
 	}
-	out := []string{args[0]}
-	rest := args[1:]
+	out, rest, leaf := splitCommand(app, args)
+	if leaf == nil || len(leaf.Subcommands) > 0 {
+		return append(out, rest...)
+	}
+	return append(out, flagsFirst(leaf.Flags, rest)...)
+}
+
+// splitCommand splits args into the program name, app-level flags and
+// command names up to the first leaf command (head), and what follows
+// (rest). leaf is the last command named, nil if none.
+func splitCommand(app *cli.App, args []string) (head, rest []string, leaf *cli.Command) {
+	head = []string{args[0]}
+	rest = args[1:]
 	commands := app.Commands
-	var leaf *cli.Command
 	for len(rest) > 0 {
 		if strings.HasPrefix(rest[0], "-") {
 			if leaf != nil {
 				break
 			}
 			// An app-level flag (--socket PATH) before the command.
-			out = append(out, rest[0])
-			if !strings.Contains(rest[0], "=") && len(rest) > 1 && !isBoolFlag(app.Flags, rest[0]) {
-				out = append(out, rest[1])
-				rest = rest[1:]
-			}
-			rest = rest[1:]
+			n := flagLen(app.Flags, rest)
+			head = append(head, rest[:n]...)
+			rest = rest[n:]
 			continue
 		}
-		var next *cli.Command
-		for _, c := range commands {
-			if c.HasName(rest[0]) {
-				next = c
-			}
-		}
+		next := findCommand(commands, rest[0])
 		if next == nil {
 			break
 		}
-		out = append(out, rest[0])
+		head = append(head, rest[0])
 		rest = rest[1:]
 		leaf, commands = next, next.Subcommands
 		if len(commands) == 0 {
 			break
 		}
 	}
-	if leaf == nil || len(leaf.Subcommands) > 0 {
-		return append(out, rest...)
+	return head, rest, leaf
+}
+
+// findCommand returns the command of commands called name, nil if none.
+func findCommand(commands []*cli.Command, name string) *cli.Command {
+	for _, c := range commands {
+		if c.HasName(name) {
+			return c
+		}
 	}
-	var flags, positional []string
-	for i := 0; i < len(rest); i++ {
-		arg := rest[i]
+	return nil
+}
+
+// flagsFirst returns a leaf command's arguments with its flags, and their
+// values, ahead of the positional arguments. All from "--" on is
+// positional.
+func flagsFirst(flags []cli.Flag, args []string) []string {
+	var front, positional []string
+	for i := 0; i < len(args); {
+		arg := args[i]
 		switch {
 		case arg == "--":
-			positional = append(positional, rest[i:]...)
-			i = len(rest)
+			positional = append(positional, args[i:]...)
+			i = len(args)
 		case arg == "--help" || arg == "-h":
 			// Help ignores the other arguments; urfave/cli would take the
 			// first positional one for a help topic.
-			return append(out, arg)
+			return []string{arg}
 		case strings.HasPrefix(arg, "-") && len(arg) > 1:
-			flags = append(flags, arg)
-			if !strings.Contains(arg, "=") && !isBoolFlag(leaf.Flags, arg) && i+1 < len(rest) {
-				flags = append(flags, rest[i+1])
-				i++
-			}
+			n := flagLen(flags, args[i:])
+			front = append(front, args[i:i+n]...)
+			i += n
 		default:
 			positional = append(positional, arg)
+			i++
 		}
 	}
-	out = append(out, flags...)
-	return append(out, positional...)
+	return append(front, positional...)
+}
+
+// flagLen returns how many of args the flag args[0] spans: 2 if it takes
+// the value that follows it, 1 if it is a bool flag, has its value after
+// "=" or is last.
+func flagLen(flags []cli.Flag, args []string) int {
+	if !strings.Contains(args[0], "=") && len(args) > 1 && !isBoolFlag(flags, args[0]) {
+		return 2
+	}
+	return 1
 }
 
 func isBoolFlag(flags []cli.Flag, arg string) bool {

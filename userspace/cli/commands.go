@@ -133,95 +133,122 @@ func printWarnings(w io.Writer, r control.Reply) {
 	}
 }
 
+// sendWarned sends a request whose reply may carry warnings, and prints
+// them.
+func sendWarned(c *cli.Context, send func(context.Context, *control.Client) (control.Reply, error)) error {
+	ctx, cancel := withTimeout(c)
+	defer cancel()
+	reply, err := send(ctx, client(c))
+	if err != nil {
+		return err
+	}
+	printWarnings(c.App.ErrWriter, reply)
+	return nil
+}
+
 func vipCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "vip",
-		Usage: "manage VIPs",
-		Subcommands: []*cli.Command{
-			{
-				Name:      "add",
-				Usage:     "add a VIP",
-				ArgsUsage: "ADDR:PORT",
-				Flags: append([]cli.Flag{
-					protoFlag(),
-					&cli.IntFlag{Name: "prefix4", Value: control.DefaultPrefix4, Usage: "IPv4 client key length: clients in one /N share a backend"},
-					&cli.IntFlag{Name: "prefix6", Value: control.DefaultPrefix6, Usage: "IPv6 client key length"},
-					&cli.DurationFlag{Name: "affinity-timeout", Value: control.DefaultAffinityTimeout, Usage: "how long an idle client stays pinned"},
-					&cli.UintFlag{Name: "table-size", Usage: "Maglev table size, a prime (default: the largest the datapath holds)"},
-					&cli.StringFlag{Name: "no-backend", Value: control.NoBackendDrop, Usage: "with no usable backend: drop or pass"},
-					&cli.StringFlag{Name: "all-down", Value: control.AllDownFailOpen, Usage: "when every backend is down: fail-open (keep forwarding) or fail-closed"},
-				}, checkFlags()...),
-				Action: func(c *cli.Context) error {
-					a, err := args(c, "ADDR:PORT")
-					if err != nil {
-						return err
-					}
-					ref, err := vipRef(c, a[0])
-					if err != nil {
-						return err
-					}
-					v := control.NewVIP(ref)
-					v.Prefix4, v.Prefix6 = c.Int("prefix4"), c.Int("prefix6")
-					v.AffinityTimeout = c.Duration("affinity-timeout")
-					if v.AffinityTimeout == 0 {
-						return errors.New("affinity timeout 0s is out of range, expected 1s to 24h (default 120s)")
-					}
-					if c.IsSet("table-size") && (c.Uint("table-size") == 0 || c.Uint("table-size") > 1<<31) {
-						return fmt.Errorf("table size %d is out of range, expected a prime such as 65537", c.Uint("table-size"))
-					}
-					v.TableSize = uint32(c.Uint("table-size"))
-					v.NoBackend, v.AllDown = c.String("no-backend"), c.String("all-down")
-					check, err := checkFromFlags(c)
-					if err != nil {
-						return err
-					}
-					if check != nil {
-						v.Check = *check
-					}
-					ctx, cancel := withTimeout(c)
-					defer cancel()
-					reply, err := client(c).AddVIP(ctx, v)
-					if err != nil {
-						return err
-					}
-					printWarnings(c.App.ErrWriter, reply)
-					return nil
-				},
-			},
-			{
-				Name:      "remove",
-				Usage:     "remove a VIP and its backends",
-				ArgsUsage: "ADDR:PORT",
-				Flags:     []cli.Flag{protoFlag()},
-				Action: func(c *cli.Context) error {
-					a, err := args(c, "ADDR:PORT")
-					if err != nil {
-						return err
-					}
-					ref, err := vipRef(c, a[0])
-					if err != nil {
-						return err
-					}
-					ctx, cancel := withTimeout(c)
-					defer cancel()
-					return client(c).RemoveVIP(ctx, ref)
-				},
-			},
-			{
-				Name:  "list",
-				Usage: "list VIPs",
-				Flags: []cli.Flag{outputFlag()},
-				Action: withStatus(func(c *cli.Context, st control.Status) error {
-					return render(c, st.VIPs, func(w io.Writer) {
-						fmt.Fprintln(w, "VIP\tPROTO\tPREFIX4\tPREFIX6\tAFFINITY\tTABLE\tNO-BACKEND\tCHECK\tBACKENDS")
-						for _, v := range st.VIPs {
-							fmt.Fprintf(w, "%s\t%s\t/%d\t/%d\t%s\t%d\t%s\t%s\t%d\n", v.Addr, v.Proto, v.Prefix4, v.Prefix6,
-								v.AffinityTimeout, v.TableSize, v.NoBackend, v.Check.Kind, len(v.Backends))
-						}
-					})
-				}),
-			},
+		Name:        "vip",
+		Usage:       "manage VIPs",
+		Subcommands: []*cli.Command{vipAddCommand(), vipRemoveCommand(), vipListCommand()},
+	}
+}
+
+func vipAddCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "add",
+		Usage:     "add a VIP",
+		ArgsUsage: "ADDR:PORT",
+		Flags: append([]cli.Flag{
+			protoFlag(),
+			&cli.IntFlag{Name: "prefix4", Value: control.DefaultPrefix4, Usage: "IPv4 client key length: clients in one /N share a backend"},
+			&cli.IntFlag{Name: "prefix6", Value: control.DefaultPrefix6, Usage: "IPv6 client key length"},
+			&cli.DurationFlag{Name: "affinity-timeout", Value: control.DefaultAffinityTimeout, Usage: "how long an idle client stays pinned"},
+			&cli.UintFlag{Name: "table-size", Usage: "Maglev table size, a prime (default: the largest the datapath holds)"},
+			&cli.StringFlag{Name: "no-backend", Value: control.NoBackendDrop, Usage: "with no usable backend: drop or pass"},
+			&cli.StringFlag{Name: "all-down", Value: control.AllDownFailOpen, Usage: "when every backend is down: fail-open (keep forwarding) or fail-closed"},
+		}, checkFlags()...),
+		Action: func(c *cli.Context) error {
+			v, err := vipToAdd(c)
+			if err != nil {
+				return err
+			}
+			return sendWarned(c, func(ctx context.Context, cl *control.Client) (control.Reply, error) {
+				return cl.AddVIP(ctx, v)
+			})
 		},
+	}
+}
+
+// vipArg returns the VIP of a command that takes it as its one argument,
+// with --proto.
+func vipArg(c *cli.Context) (control.VIPRef, error) {
+	a, err := args(c, "ADDR:PORT")
+	if err != nil {
+		return control.VIPRef{}, err
+	}
+	return vipRef(c, a[0])
+}
+
+// vipToAdd returns the VIP that vip add's argument and flags describe.
+func vipToAdd(c *cli.Context) (control.VIP, error) {
+	ref, err := vipArg(c)
+	if err != nil {
+		return control.VIP{}, err
+	}
+	v := control.NewVIP(ref)
+	v.Prefix4, v.Prefix6 = c.Int("prefix4"), c.Int("prefix6")
+	v.AffinityTimeout = c.Duration("affinity-timeout")
+	if v.AffinityTimeout == 0 {
+		return control.VIP{}, errors.New("affinity timeout 0s is out of range, expected 1s to 24h (default 120s)")
+	}
+	if c.IsSet("table-size") && (c.Uint("table-size") == 0 || c.Uint("table-size") > 1<<31) {
+		return control.VIP{}, fmt.Errorf("table size %d is out of range, expected a prime such as 65537", c.Uint("table-size"))
+	}
+	v.TableSize = uint32(c.Uint("table-size"))
+	v.NoBackend, v.AllDown = c.String("no-backend"), c.String("all-down")
+	check, err := checkFromFlags(c)
+	if err != nil {
+		return control.VIP{}, err
+	}
+	if check != nil {
+		v.Check = *check
+	}
+	return v, nil
+}
+
+func vipRemoveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "remove",
+		Usage:     "remove a VIP and its backends",
+		ArgsUsage: "ADDR:PORT",
+		Flags:     []cli.Flag{protoFlag()},
+		Action: func(c *cli.Context) error {
+			ref, err := vipArg(c)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := withTimeout(c)
+			defer cancel()
+			return client(c).RemoveVIP(ctx, ref)
+		},
+	}
+}
+
+func vipListCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "list",
+		Usage: "list VIPs",
+		Flags: []cli.Flag{outputFlag()},
+		Action: withStatus(func(c *cli.Context, st control.Status) error {
+			return render(c, st.VIPs, func(w io.Writer) {
+				fmt.Fprintln(w, "VIP\tPROTO\tPREFIX4\tPREFIX6\tAFFINITY\tTABLE\tNO-BACKEND\tCHECK\tBACKENDS")
+				for _, v := range st.VIPs {
+					fmt.Fprintf(w, "%s\t%s\t/%d\t/%d\t%s\t%d\t%s\t%s\t%d\n", v.Addr, v.Proto, v.Prefix4, v.Prefix6,
+						v.AffinityTimeout, v.TableSize, v.NoBackend, v.Check.Kind, len(v.Backends))
+				}
+			})
+		}),
 	}
 }
 
@@ -241,143 +268,186 @@ func backendArgs(c *cli.Context, names ...string) (control.VIPRef, []string, err
 }
 
 func backendCommand() *cli.Command {
-	simple := func(name, usage string, call func(*control.Client, context.Context, control.VIPRef, string) error) *cli.Command {
-		return &cli.Command{
-			Name: name, Usage: usage, ArgsUsage: "NAME",
-			Flags: []cli.Flag{vipFlag(), protoFlag()},
-			Action: func(c *cli.Context) error {
-				ref, a, err := backendArgs(c, "NAME")
-				if err != nil {
-					return err
-				}
-				ctx, cancel := withTimeout(c)
-				defer cancel()
-				return call(client(c), ctx, ref, a[0])
-			},
-		}
-	}
 	return &cli.Command{
 		Name:  "backend",
 		Usage: "manage a VIP's backends",
 		Subcommands: []*cli.Command{
-			{
-				Name:      "add",
-				Usage:     "add a backend to a VIP",
-				ArgsUsage: "NAME ADDRESS",
-				Flags: append([]cli.Flag{
-					vipFlag(), protoFlag(),
-					&cli.StringFlag{Name: "mac", Usage: "backend MAC (default: from the kernel's neighbour table)"},
-					&cli.UintFlag{Name: "weight", Value: control.DefaultWeight, Usage: "relative share of new clients, 0 to 10000"},
-					&cli.UintFlag{Name: "port", Usage: "the backend's service port for health checks (default: the VIP's)"},
-				}, checkFlags()...),
-				Action: func(c *cli.Context) error {
-					ref, a, err := backendArgs(c, "NAME", "ADDRESS")
-					if err != nil {
-						return err
-					}
-					addr, err := control.ParseBackendAddr(a[1])
-					if err != nil {
-						return err
-					}
-					b := control.Backend{Name: a[0], Addr: addr}
-					if c.IsSet("mac") {
-						mac, err := control.ParseMAC(c.String("mac"))
-						if err != nil {
-							return err
-						}
-						b.MAC = mac.String()
-					}
-					if c.Uint("weight") > control.MaxWeight {
-						return fmt.Errorf("weight %d is out of range, expected 0 to %d", c.Uint("weight"), control.MaxWeight)
-					}
-					b.Weight = uint32(c.Uint("weight"))
-					if c.Uint("port") > 65535 || (c.IsSet("port") && c.Uint("port") == 0) {
-						return fmt.Errorf("port %d is out of range, expected 1 to 65535", c.Uint("port"))
-					}
-					b.Port = uint16(c.Uint("port"))
-					if b.Check, err = checkFromFlags(c); err != nil {
-						return err
-					}
-					ctx, cancel := withTimeout(c)
-					defer cancel()
-					reply, err := client(c).AddBackend(ctx, ref, b)
-					if err != nil {
-						return err
-					}
-					printWarnings(c.App.ErrWriter, reply)
-					return nil
-				},
-			},
-			simple("remove", "remove a backend; only its clients move", (*control.Client).RemoveBackend),
-			{
-				Name:      "set",
-				Usage:     "change a backend's weight",
-				ArgsUsage: "NAME",
-				Flags: []cli.Flag{vipFlag(), protoFlag(),
-					&cli.UintFlag{Name: "weight", Required: true, Usage: "relative share of new clients, 0 to 10000"}},
-				Action: func(c *cli.Context) error {
-					ref, a, err := backendArgs(c, "NAME")
-					if err != nil {
-						return err
-					}
-					if c.Uint("weight") > control.MaxWeight {
-						return fmt.Errorf("weight %d is out of range, expected 0 to %d", c.Uint("weight"), control.MaxWeight)
-					}
-					ctx, cancel := withTimeout(c)
-					defer cancel()
-					return client(c).SetWeight(ctx, ref, a[0], uint32(c.Uint("weight")))
-				},
-			},
-			{
-				Name:      "drain",
-				Usage:     "send a backend no new clients; its pinned clients stay until idle",
-				ArgsUsage: "NAME",
-				Flags: []cli.Flag{vipFlag(), protoFlag(),
-					&cli.BoolFlag{Name: "wait", Usage: "return when no client is pinned to it any more"},
-					&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "with --wait: give up after this long"}},
-				Action: drain,
-			},
-			simple("enable", "undo a drain", (*control.Client).Enable),
-			{
-				Name:  "list",
-				Usage: "list backends",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "vip", Usage: "only this VIP's"}, protoFlag(), outputFlag()},
-				Action: func(c *cli.Context) error {
-					if _, err := args(c); err != nil {
-						return err
-					}
-					if c.IsSet("proto") && !c.IsSet("vip") {
-						return errors.New("--proto needs --vip")
-					}
-					st, err := status(c)
-					if err != nil {
-						return err
-					}
-					vips := st.VIPs
-					if c.IsSet("vip") {
-						ref, err := vipRef(c, c.String("vip"))
-						if err != nil {
-							return err
-						}
-						vips = nil
-						for _, v := range st.VIPs {
-							if v.VIPRef == ref {
-								vips = append(vips, v)
-							}
-						}
-						if vips == nil {
-							return fmt.Errorf("VIP %s is not configured", ref)
-						}
-					}
-					var list []control.BackendStatus
-					for _, v := range vips {
-						list = append(list, v.Backends...)
-					}
-					return render(c, list, func(w io.Writer) { backendTable(w, vips) })
-				},
-			},
+			backendAddCommand(),
+			backendNameCommand("remove", "remove a backend; only its clients move", (*control.Client).RemoveBackend),
+			backendSetCommand(),
+			backendDrainCommand(),
+			backendNameCommand("enable", "undo a drain", (*control.Client).Enable),
+			backendListCommand(),
 		},
 	}
+}
+
+// backendNameCommand is a backend command that takes the backend's name and
+// no other flags than the VIP's, and makes call.
+func backendNameCommand(name, usage string, call func(*control.Client, context.Context, control.VIPRef, string) error) *cli.Command {
+	return &cli.Command{
+		Name: name, Usage: usage, ArgsUsage: "NAME",
+		Flags: []cli.Flag{vipFlag(), protoFlag()},
+		Action: func(c *cli.Context) error {
+			ref, a, err := backendArgs(c, "NAME")
+			if err != nil {
+				return err
+			}
+			ctx, cancel := withTimeout(c)
+			defer cancel()
+			return call(client(c), ctx, ref, a[0])
+		},
+	}
+}
+
+func backendAddCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "add",
+		Usage:     "add a backend to a VIP",
+		ArgsUsage: "NAME ADDRESS",
+		Flags: append([]cli.Flag{
+			vipFlag(), protoFlag(),
+			&cli.StringFlag{Name: "mac", Usage: "backend MAC (default: from the kernel's neighbour table)"},
+			&cli.UintFlag{Name: "weight", Value: control.DefaultWeight, Usage: "relative share of new clients, 0 to 10000"},
+			&cli.UintFlag{Name: "port", Usage: "the backend's service port for health checks (default: the VIP's)"},
+		}, checkFlags()...),
+		Action: func(c *cli.Context) error {
+			ref, a, err := backendArgs(c, "NAME", "ADDRESS")
+			if err != nil {
+				return err
+			}
+			b, err := backendFromFlags(c, a[0], a[1])
+			if err != nil {
+				return err
+			}
+			return sendWarned(c, func(ctx context.Context, cl *control.Client) (control.Reply, error) {
+				return cl.AddBackend(ctx, ref, b)
+			})
+		},
+	}
+}
+
+// backendFromFlags returns the backend called name at address, with the
+// settings of backend add's flags.
+func backendFromFlags(c *cli.Context, name, address string) (control.Backend, error) {
+	addr, err := control.ParseBackendAddr(address)
+	if err != nil {
+		return control.Backend{}, err
+	}
+	b := control.Backend{Name: name, Addr: addr}
+	if c.IsSet("mac") {
+		mac, err := control.ParseMAC(c.String("mac"))
+		if err != nil {
+			return control.Backend{}, err
+		}
+		b.MAC = mac.String()
+	}
+	if b.Weight, err = weightFromFlag(c); err != nil {
+		return control.Backend{}, err
+	}
+	if c.Uint("port") > 65535 || (c.IsSet("port") && c.Uint("port") == 0) {
+		return control.Backend{}, fmt.Errorf("port %d is out of range, expected 1 to 65535", c.Uint("port"))
+	}
+	b.Port = uint16(c.Uint("port"))
+	if b.Check, err = checkFromFlags(c); err != nil {
+		return control.Backend{}, err
+	}
+	return b, nil
+}
+
+// weightFromFlag returns --weight, or an error if it is over
+// control.MaxWeight.
+func weightFromFlag(c *cli.Context) (uint32, error) {
+	if c.Uint("weight") > control.MaxWeight {
+		return 0, fmt.Errorf("weight %d is out of range, expected 0 to %d", c.Uint("weight"), control.MaxWeight)
+	}
+	return uint32(c.Uint("weight")), nil
+}
+
+func backendSetCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "set",
+		Usage:     "change a backend's weight",
+		ArgsUsage: "NAME",
+		Flags: []cli.Flag{vipFlag(), protoFlag(),
+			&cli.UintFlag{Name: "weight", Required: true, Usage: "relative share of new clients, 0 to 10000"}},
+		Action: func(c *cli.Context) error {
+			ref, a, err := backendArgs(c, "NAME")
+			if err != nil {
+				return err
+			}
+			weight, err := weightFromFlag(c)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := withTimeout(c)
+			defer cancel()
+			return client(c).SetWeight(ctx, ref, a[0], weight)
+		},
+	}
+}
+
+func backendDrainCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "drain",
+		Usage:     "send a backend no new clients; its pinned clients stay until idle",
+		ArgsUsage: "NAME",
+		Flags: []cli.Flag{vipFlag(), protoFlag(),
+			&cli.BoolFlag{Name: "wait", Usage: "return when no client is pinned to it any more"},
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "with --wait: give up after this long"}},
+		Action: drain,
+	}
+}
+
+func backendListCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "list",
+		Usage: "list backends",
+		Flags: []cli.Flag{&cli.StringFlag{Name: "vip", Usage: "only this VIP's"}, protoFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			if _, err := args(c); err != nil {
+				return err
+			}
+			if c.IsSet("proto") && !c.IsSet("vip") {
+				return errors.New("--proto needs --vip")
+			}
+			st, err := status(c)
+			if err != nil {
+				return err
+			}
+			vips, err := listedVIPs(c, st)
+			if err != nil {
+				return err
+			}
+			var list []control.BackendStatus
+			for _, v := range vips {
+				list = append(list, v.Backends...)
+			}
+			return render(c, list, func(w io.Writer) { backendTable(w, vips) })
+		},
+	}
+}
+
+// listedVIPs returns the VIPs of st whose backends backend list shows: all,
+// or the one --vip and --proto name.
+func listedVIPs(c *cli.Context, st control.Status) ([]control.VIPStatus, error) {
+	if !c.IsSet("vip") {
+		return st.VIPs, nil
+	}
+	ref, err := vipRef(c, c.String("vip"))
+	if err != nil {
+		return nil, err
+	}
+	var vips []control.VIPStatus
+	for _, v := range st.VIPs {
+		if v.VIPRef == ref {
+			vips = append(vips, v)
+		}
+	}
+	if vips == nil {
+		return nil, fmt.Errorf("VIP %s is not configured", ref)
+	}
+	return vips, nil
 }
 
 func drain(c *cli.Context) error {

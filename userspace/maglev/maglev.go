@@ -77,16 +77,40 @@ func IsPrime(n uint32) bool {
 // where offset and skip come from two different hashes of the seed and the
 // backend's name. With equal weights this is the original Maglev algorithm.
 func Build(backends []Backend, size uint32, seed uint32) ([]uint32, error) {
-	if size < 3 {
-		if size == 2 {
-			return nil, fmt.Errorf("maglev: table size %d is too small (expected a prime of at least 3 such as %d)", size, DefaultTableSize)
-		}
-		return nil, fmt.Errorf("maglev: table size %d is not a prime (expected a prime such as %d)", size, DefaultTableSize)
+	if err := checkSize(size); err != nil {
+		return nil, err
+	}
+	sorted, err := sortByName(backends)
+	if err != nil {
+		return nil, err
+	}
+	active, maxWeight := weights(sorted)
+	if uint64(active) > uint64(size) {
+		return nil, fmt.Errorf("maglev: %d backends have a non-zero weight but the table has only %d slots (expected at most %d weighted backends)", active, size, size)
+	}
+	table := make([]uint32, size)
+	if active == 0 {
+		return table, nil
+	}
+	p := newPopulation(sorted, active, maxWeight, table, seed)
+	p.fill()
+	return table, nil
+}
+
+// checkSize returns an error unless size is a prime of at least 3.
+func checkSize(size uint32) error {
+	if size == 2 {
+		return fmt.Errorf("maglev: table size %d is too small (expected a prime of at least 3 such as %d)", size, DefaultTableSize)
 	}
 	if !IsPrime(size) {
-		return nil, fmt.Errorf("maglev: table size %d is not a prime (expected a prime such as %d)", size, DefaultTableSize)
+		return fmt.Errorf("maglev: table size %d is not a prime (expected a prime such as %d)", size, DefaultTableSize)
 	}
+	return nil
+}
 
+// sortByName returns a copy of backends sorted by name, or an error if a
+// name is empty or not unique or an ID is 0.
+func sortByName(backends []Backend) ([]Backend, error) {
 	sorted := slices.Clone(backends)
 	for i, b := range sorted {
 		if b.Name == "" {
@@ -97,90 +121,113 @@ func Build(backends []Backend, size uint32, seed uint32) ([]uint32, error) {
 		}
 	}
 	slices.SortFunc(sorted, func(a, b Backend) int { return strings.Compare(a.Name, b.Name) })
-	active := 0
-	var maxWeight uint32
-	for i, b := range sorted {
-		if i > 0 && sorted[i-1].Name == b.Name {
-			return nil, fmt.Errorf("maglev: duplicate backend name %q (IDs %d and %d; expected unique names)", b.Name, sorted[i-1].ID, b.ID)
+	for i := 1; i < len(sorted); i++ {
+		if prev, b := sorted[i-1], sorted[i]; prev.Name == b.Name {
+			return nil, fmt.Errorf("maglev: duplicate backend name %q (IDs %d and %d; expected unique names)", b.Name, prev.ID, b.ID)
 		}
+	}
+	return sorted, nil
+}
+
+// weights returns how many of backends have a non-zero weight, and the
+// largest weight.
+func weights(backends []Backend) (active int, maxWeight uint32) {
+	for _, b := range backends {
 		if b.Weight > 0 {
 			active++
 			maxWeight = max(maxWeight, b.Weight)
 		}
 	}
-	if uint64(active) > uint64(size) {
-		return nil, fmt.Errorf("maglev: %d backends have a non-zero weight but the table has only %d slots (expected at most %d weighted backends)", active, size, size)
-	}
+	return active, maxWeight
+}
 
-	table := make([]uint32, size)
-	if active == 0 {
-		return table, nil
-	}
+// population is the state of Build while it fills a table.
+//
+// With credit += weight per round, the k-th claim of a backend (k = 1,
+// 2, ...) falls in round ceil(k*maxWeight/weight), and within a round the
+// backends act in name order. Visiting every backend every round would
+// cost O(rounds*N), which is bad when a few heavy backends sit next to
+// many light ones. Instead the backends of the largest weight, which act
+// in every round, are visited in a plain loop, and the lighter ones wait
+// in a min-heap ordered by (round, name index) and are merged into that
+// loop when their round comes. Every step fills one slot.
+type population struct {
+	table     []uint32
+	size      uint32
+	maxWeight uint64
+	ws        []walker  // the weighted backends in name order
+	heavy     []uint32  // indices into ws of backends with maxWeight
+	light     claimHeap // the other backends' next claims
+	filled    uint32    // slots filled so far
+}
 
-	// With credit += weight per round, the k-th claim of a backend (k = 1,
-	// 2, ...) falls in round ceil(k*maxWeight/weight), and within a round the
-	// backends act in name order. Visiting every backend every round would
-	// cost O(rounds*N), which is bad when a few heavy backends sit next to
-	// many light ones. Instead the backends of the largest weight, which act
-	// in every round, are visited in a plain loop, and the lighter ones wait
-	// in a min-heap ordered by (round, name index) and are merged into that
-	// loop when their round comes. Every step fills one slot.
-	ws := make([]walker, 0, active)
-	full := make([]uint32, 0, active) // indices into ws of backends with maxWeight
-	light := make(claimHeap, 0, active)
+// newPopulation prepares filling table, which is empty, with the backends
+// of sorted, which is in name order; active of them have a non-zero weight,
+// the largest being maxWeight.
+func newPopulation(sorted []Backend, active int, maxWeight uint32, table []uint32, seed uint32) population {
+	size := uint32(len(table))
+	p := population{
+		table:     table,
+		size:      size,
+		maxWeight: uint64(maxWeight),
+		ws:        make([]walker, 0, active),
+		heavy:     make([]uint32, 0, active),
+		light:     make(claimHeap, 0, active),
+	}
 	for _, b := range sorted {
 		if b.Weight == 0 {
 			continue
 		}
-		h1, h2 := nameHashes(seed, b.Name)
-		w := walker{
-			id:     b.ID,
-			weight: uint64(b.Weight),
-			pos:    uint32(h1 % uint64(size)),
-			skip:   uint32(h2%uint64(size-1)) + 1,
-		}
-		index := uint32(len(ws))
+		w := newWalker(b, size, seed)
+		index := uint32(len(p.ws))
 		if b.Weight == maxWeight {
-			full = append(full, index)
+			p.heavy = append(p.heavy, index)
 		} else {
-			light = append(light, claim{round: w.nextRound(uint64(maxWeight)), index: index})
+			p.light = append(p.light, claim{round: w.nextRound(p.maxWeight), index: index})
 		}
-		ws = append(ws, w)
+		p.ws = append(p.ws, w)
 	}
-	light.init()
+	p.light.init()
+	return p
+}
 
-	filled := uint32(0)
-	// takeLight lets the light backends whose turn comes in round r before
-	// the backend at name index limit claim their slots. It reports whether
-	// the table is full.
-	takeLight := func(r uint64, limit uint32) bool {
-		for len(light) > 0 && light[0].round == r && light[0].index < limit {
-			w := &ws[light[0].index]
-			w.claim(table, size)
-			light[0].round = w.nextRound(uint64(maxWeight))
-			light.down(0)
-			if filled++; filled == size {
-				return true
-			}
-		}
-		return false
-	}
-	// Some backend has the largest weight and acts every round, so each
-	// round fills at least one slot and the loop ends within size rounds.
+// fill lets the backends claim slots round by round until the table is
+// full. Some backend has the largest weight and acts every round, so each
+// round fills at least one slot and the loop ends within size rounds.
+func (p *population) fill() {
 	for r := uint64(1); ; r++ {
-		for _, j := range full {
-			if takeLight(r, j) {
-				return table, nil
-			}
-			ws[j].claim(table, size)
-			if filled++; filled == size {
-				return table, nil
+		for _, j := range p.heavy {
+			if p.takeLight(r, j) || p.take(j) {
+				return
 			}
 		}
-		if takeLight(r, ^uint32(0)) {
-			return table, nil
+		if p.takeLight(r, ^uint32(0)) {
+			return
 		}
 	}
+}
+
+// takeLight lets the light backends whose turn comes in round r before the
+// backend at name index limit claim their slots. It reports whether the
+// table is full.
+func (p *population) takeLight(r uint64, limit uint32) bool {
+	for len(p.light) > 0 && p.light[0].round == r && p.light[0].index < limit {
+		i := p.light[0].index
+		if p.take(i) {
+			return true
+		}
+		p.light[0].round = p.ws[i].nextRound(p.maxWeight)
+		p.light.down(0)
+	}
+	return false
+}
+
+// take lets the backend at name index i claim its next slot. It reports
+// whether the table is full.
+func (p *population) take(i uint32) bool {
+	p.ws[i].claim(p.table, p.size)
+	p.filled++
+	return p.filled == p.size
 }
 
 // walker is one weighted backend during population. Its preference list is
@@ -192,6 +239,19 @@ type walker struct {
 	pos    uint32
 	skip   uint32
 	turns  uint64 // slots claimed so far
+}
+
+// newWalker returns b's walker at the start of its preference list, the
+// permutation (offset + j*skip) % size, where offset and skip come from two
+// hashes of seed and b's name.
+func newWalker(b Backend, size uint32, seed uint32) walker {
+	h1, h2 := nameHashes(seed, b.Name)
+	return walker{
+		id:     b.ID,
+		weight: uint64(b.Weight),
+		pos:    uint32(h1 % uint64(size)),
+		skip:   uint32(h2%uint64(size-1)) + 1,
+	}
 }
 
 // claim puts w's ID in the first empty slot left in its preference list.
