@@ -1,0 +1,65 @@
+// Package docs keeps docs/ARCHITECTURE.md true: every place it points at
+// must exist and say what the page calls it.
+package docs
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// reference is a Markdown link into the repository: [text](../path#Lline).
+var reference = regexp.MustCompile(`\[([^\]]+)\]\(\.\./([^)#\s]+)(?:#L(\d+))?\)`)
+
+// TestArchitectureReferences: each link names a file that exists, and a
+// link to a line names a symbol that the line holds, so a change that
+// moves a seam without updating the page fails here.
+func TestArchitectureReferences(t *testing.T) {
+	const page = "../../docs/ARCHITECTURE.md"
+	text, err := os.ReadFile(page)
+	if err != nil {
+		t.Fatalf("reading the architecture page: %v", err)
+	}
+	refs := reference.FindAllStringSubmatch(string(text), -1)
+	if len(refs) < 20 {
+		t.Fatalf("the architecture page has %d references into the code, want at least 20", len(refs))
+	}
+	for _, ref := range refs {
+		name, path, line := strings.Trim(ref[1], "`"), ref[2], ref[3]
+		target := filepath.Join("../..", path)
+		if _, err := os.Stat(target); err != nil {
+			t.Errorf("%s points at %s, which does not exist", ref[0], path)
+			continue
+		}
+		if line == "" {
+			continue
+		}
+		n, _ := strconv.Atoi(line)
+		got, ok := lineOf(t, target, n)
+		symbol := strings.TrimSuffix(name[strings.LastIndex(name, ".")+1:], "()")
+		if !ok || !strings.Contains(got, symbol) {
+			t.Errorf("%s: line %d of %s is %q, which does not name %s", ref[0], n, path, got, symbol)
+		}
+	}
+}
+
+func lineOf(t *testing.T, path string, n int) (string, bool) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("opening %s: %v", path, err)
+	}
+	defer f.Close()
+	lines := bufio.NewScanner(f)
+	lines.Buffer(make([]byte, 1<<20), 1<<20)
+	for i := 1; lines.Scan(); i++ {
+		if i == n {
+			return lines.Text(), true
+		}
+	}
+	return "", false
+}
