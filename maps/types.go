@@ -85,6 +85,9 @@ func (k VIPKey) String() string {
 // ports, find the VIP: same address and protocol, port 0.
 func FragmentAlias(k VIPKey) VIPKey { return VIPKey{Addr: k.Addr, Proto: k.Proto} }
 
+// IsFragmentAlias reports whether k is a fragment alias, not a VIP.
+func (k VIPKey) IsFragmentAlias() bool { return k.Port == 0 }
+
 // VIP is what the datapath knows about a VIP.
 type VIP struct {
 	ID              uint32 // < MaxVIPs; selects Maglev and counter slots

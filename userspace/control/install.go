@@ -321,7 +321,7 @@ func (d *Daemon) syncAliases(s State) error {
 		return err
 	}
 	for key, info := range current {
-		if key.Port != 0 {
+		if !key.IsFragmentAlias() {
 			continue
 		}
 		if want, ok := wanted[key]; !ok {

@@ -152,7 +152,7 @@ func (d *Daemon) removeMismatchedVIPs() error {
 	voided := map[uint32]bool{}
 	for key, info := range current {
 		want, known := wantID[key]
-		if key.Port == 0 || !known || want == info.ID {
+		if key.IsFragmentAlias() || !known || want == info.ID {
 			continue
 		}
 		d.log.Warn("VIP id changed since the datapath was filled: starting it afresh", "vip", key.String(), "old_id", info.ID, "id", want)
@@ -181,7 +181,7 @@ func (d *Daemon) removeStrays() error {
 	}
 	strayIDs := map[uint32]bool{}
 	for key, info := range current {
-		if key.Port != 0 && !known[key] {
+		if !key.IsFragmentAlias() && !known[key] {
 			d.log.Warn("removing a VIP the state does not know", "vip", key.String())
 			if err := d.opts.Maps.DeleteVIP(key); err != nil && !errors.Is(err, maps.ErrNotFound) {
 				return err
