@@ -75,7 +75,7 @@ bench: deps build ## measure tether against floors, nginx and no balancer; write
 	fi
 	$(GO) run ./test/bench/cmd/tether-bench -tether bin/tether -out bench-results.md $(if $(QUICK),-quick,) $(if $(PARTS),-parts $(PARTS),)
 
-lint: deps ## go vet, gofmt and clang-format (bpf/)
+lint: ## go vet, gofmt and clang-format (bpf/; make deps installs clang-format-14)
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	clang-format-14 --dry-run --Werror bpf/*.c bpf/*.h

@@ -185,7 +185,7 @@ func (h *harness) setupFixture() {
 	states := map[maps.BackendID]maps.BackendState{1: maps.BackendUp, 2: maps.BackendUp, 3: maps.BackendDraining, 4: maps.BackendDown}
 	h.apply(func(m maps.Maps) error {
 		for i, key := range []maps.VIPKey{vip4, vip4UDP, vip6} {
-			vip := maps.VIP{ID: uint32(i), AffinityTimeout: 120 * time.Second, Prefix4: 32, Prefix6: 64, TableSlot: 1}
+			vip := maps.VIP{ID: uint32(i), AffinityTimeout: 120 * time.Second, Prefix4: 32, Prefix6: 64}
 			if _, err := maps.InstallTable(m, key, vip, ids); err != nil {
 				return err
 			}

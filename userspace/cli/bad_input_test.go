@@ -195,6 +195,7 @@ var badRunInputs = []badInput{
 	bad("run --iface lo --check-workers 0", "check workers 0", "at least 1"),
 	bad("run --iface lo --socket-group no-such-group-x", `"no-such-group-x"`),
 	bad("run --iface lo --metrics-addr nonsense", "nonsense"),
+	{args: []string{"run", "--iface", "lo", "--config", ""}, want: []string{"--config is empty", "YAML file"}},
 }
 
 func TestBadInput(t *testing.T) {

@@ -179,10 +179,11 @@ type backendWrite struct {
 func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	started := time.Now()
 	plan := planVIP(v, d.facts(v))
-	usable, goingDown := d.adoptPlan(v, plan)
+	usable, goingDown := d.entries(v, plan)
 	if err := d.writeBackends(usable); err != nil {
 		return err
 	}
+	d.adoptPlan(plan)
 	swapped, err := d.swapTable(v, plan, seed)
 	if err != nil {
 		return err
@@ -193,19 +194,19 @@ func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	return d.writeBackends(goingDown)
 }
 
-// adoptPlan records plan in the backends' runtime and returns their
-// entries, usable ones and those going down apart.
-func (d *Daemon) adoptPlan(v VIP, plan vipPlan) (usable, goingDown []backendWrite) {
+// entries are the backend entries plan asks for, usable ones and those
+// going down apart.
+func (d *Daemon) entries(v VIP, plan vipPlan) (usable, goingDown []backendWrite) {
 	for i, p := range plan.Backends {
 		rt := d.backends[p.ID]
+		generation := rt.generation
 		if p.NewGeneration {
-			rt.generation++
+			generation++
 		}
-		rt.datapath, rt.failingOpen = p.State, p.FailingOpen
 		w := backendWrite{id: p.ID, entry: maps.Backend{
 			MAC:        rt.nextHop.MAC,
 			SourceMAC:  rt.nextHop.SourceMAC,
-			Generation: rt.generation,
+			Generation: generation,
 			Addr:       v.Backends[i].Addr,
 			State:      p.State,
 		}}
@@ -219,6 +220,19 @@ func (d *Daemon) adoptPlan(v VIP, plan vipPlan) (usable, goingDown []backendWrit
 		}
 	}
 	return usable, goingDown
+}
+
+// adoptPlan records plan in the backends' runtime, once the usable
+// entries are written: a write that fails leaves every generation as it
+// was, so undoing the change moves no client.
+func (d *Daemon) adoptPlan(plan vipPlan) {
+	for _, p := range plan.Backends {
+		rt := d.backends[p.ID]
+		if p.NewGeneration {
+			rt.generation++
+		}
+		rt.datapath, rt.failingOpen = p.State, p.FailingOpen
+	}
 }
 
 // writeBackends writes backend entries, each usable one after the devmap
@@ -238,8 +252,9 @@ func (d *Daemon) writeBackends(writes []backendWrite) error {
 }
 
 // swapTable builds v's Maglev table from plan and installs it with its
-// settings, unless the datapath has both already; it reports whether it
-// installed one.
+// settings, unless both are what the daemon installed last; it reports
+// whether it installed one. After a failed install the next call installs
+// whatever it builds.
 func (d *Daemon) swapTable(v VIP, plan vipPlan, seed uint32) (bool, error) {
 	built, err := maglev.Build(plan.Maglev, v.TableSize, seed)
 	if err != nil {
@@ -276,6 +291,7 @@ func (d *Daemon) swapTable(v VIP, plan vipPlan, seed uint32) (bool, error) {
 	}
 	installed, err := maps.InstallTable(d.opts.Maps, v.key(), info, table)
 	if err != nil {
+		rt.table = nil
 		return false, err
 	}
 	rt.info, rt.table = installed, table

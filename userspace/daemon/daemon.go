@@ -88,7 +88,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reload <-chan os.Sig
 		return err
 	}
 	defer h.close()
-	if err := h.attach(iface.Index); err != nil {
+	if err := h.start(iface.Index); err != nil {
 		return err
 	}
 	var registry *metricsRegistry
@@ -118,7 +118,7 @@ type host struct {
 	pinDir    string
 	datapath  *loader.Datapath
 	maps      *maps.Kernel
-	events    *metrics.Events
+	events    *metrics.Events // nil without /metrics
 	checker   *health.Scheduler
 	daemon    *control.Daemon
 	programID uint32
@@ -128,7 +128,12 @@ type host struct {
 // state file, merged with the config file) into it.
 func open(ctx context.Context, cfg Config, ifindex int, log *slog.Logger) (*host, error) {
 	h := &host{cfg: cfg, log: log, statePath: filepath.Join(cfg.StateDir, "state.json"),
-		pinDir: loader.PinDir(cfg.BPFFS, cfg.Interface), events: metrics.NewEvents(), checker: health.NewScheduler(cfg.CheckWorkers)}
+		pinDir: loader.PinDir(cfg.BPFFS, cfg.Interface), checker: health.NewScheduler(cfg.CheckWorkers)}
+	var observer control.Observer // events are dropped without /metrics
+	if cfg.MetricsAddr != "" {
+		h.events = metrics.NewEvents()
+		observer = h.events
+	}
 	state, found, err := control.LoadState(h.statePath)
 	if err != nil {
 		return nil, err
@@ -144,7 +149,7 @@ func open(ctx context.Context, cfg Config, ifindex int, log *slog.Logger) (*host
 	}
 	if h.daemon, err = control.New(control.Options{
 		Maps: h.maps, Resolver: neighResolver{}, Checker: h.checker, StatePath: h.statePath,
-		IngressIfindex: ifindex, Log: log, Observer: h.events,
+		IngressIfindex: ifindex, Log: log, Observer: observer,
 	}, state); err != nil {
 		h.close()
 		return nil, err
@@ -200,24 +205,32 @@ func (h *host) close() {
 	}
 }
 
-// attach attaches the pinned program to ifindex and tells the daemon
-// where it runs.
-func (h *host) attach(ifindex int) error {
-	attachment, err := h.datapath.AttachPinned(h.pinDir, ifindex, h.cfg.Mode)
+// start learns the program's id and attaches it, or replaces the program
+// running on ifindex with it.
+func (h *host) start(ifindex int) error {
+	info, err := h.datapath.Program.Info()
+	if err != nil {
+		return fmt.Errorf("reading program info: %w", err)
+	}
+	id, _ := info.ID()
+	h.programID = uint32(id)
+	attachment, err := h.attach(ifindex)
 	if err != nil {
 		return err
 	}
-	if h.programID == 0 {
-		info, err := h.datapath.Program.Info()
-		if err != nil {
-			return fmt.Errorf("reading program info: %w", err)
-		}
-		id, _ := info.ID()
-		h.programID = uint32(id)
-		h.log.Info("XDP program attached", "iface", h.cfg.Interface, "mode", attachment.Mode.String(), "program_id", id, "replaced_running_program", attachment.Replaced)
+	h.log.Info("XDP program attached", "iface", h.cfg.Interface, "mode", attachment.Mode.String(), "program_id", id, "replaced_running_program", attachment.Replaced)
+	return nil
+}
+
+// attach attaches the pinned program to ifindex and tells the daemon
+// where it runs.
+func (h *host) attach(ifindex int) (loader.Attachment, error) {
+	attachment, err := h.datapath.AttachPinned(h.pinDir, ifindex, h.cfg.Mode)
+	if err != nil {
+		return attachment, err
 	}
 	h.daemon.SetDatapathInfo(control.DatapathInfo{Interface: h.cfg.Interface, Mode: attachment.Mode.String(), ProgramID: h.programID, PinDir: h.pinDir})
-	return nil
+	return attachment, nil
 }
 
 // metricsRegistry is what /metrics serves, and where.
@@ -248,7 +261,10 @@ func (h *host) serve(ctx context.Context, cancel context.CancelFunc, ifindex int
 	spawn(func() error { h.daemon.Maintain(ctx, time.Second); return nil })
 	spawn(func() error { h.daemon.Heartbeat(ctx, time.Second); return nil })
 	spawn(func() error { return watchNeighbours(ctx, h.daemon, h.log) })
-	spawn(func() error { return watchInterface(ctx, h.cfg.Interface, ifindex, h.attach, h.daemon, h.log) })
+	spawn(func() error { return watchInterface(ctx, h.cfg.Interface, ifindex, func(ifindex int) error {
+		_, err := h.attach(ifindex)
+		return err
+	}, h.daemon, h.log) })
 	if m != nil {
 		spawn(func() error { return serveMetrics(ctx, m.listener, m.registry) })
 	}
@@ -270,7 +286,7 @@ func (h *host) loop(ctx context.Context, errs <-chan error, reload <-chan os.Sig
 			return err
 		case <-reload:
 			if h.cfg.ConfigFile == "" {
-				h.log.Info("SIGHUP without --config: nothing to re-read")
+				h.log.Info("reload without a config file: nothing to re-read")
 				continue
 			}
 			if err := h.daemon.ReloadConfig(ctx, h.cfg.ConfigFile); err != nil {
