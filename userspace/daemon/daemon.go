@@ -261,10 +261,12 @@ func (h *host) serve(ctx context.Context, cancel context.CancelFunc, ifindex int
 	spawn(func() error { h.daemon.Maintain(ctx, time.Second); return nil })
 	spawn(func() error { h.daemon.Heartbeat(ctx, time.Second); return nil })
 	spawn(func() error { return watchNeighbours(ctx, h.daemon, h.log) })
-	spawn(func() error { return watchInterface(ctx, h.cfg.Interface, ifindex, func(ifindex int) error {
-		_, err := h.attach(ifindex)
-		return err
-	}, h.daemon, h.log) })
+	spawn(func() error {
+		return watchInterface(ctx, h.cfg.Interface, ifindex, func(ifindex int) error {
+			_, err := h.attach(ifindex)
+			return err
+		}, h.daemon, h.log)
+	})
 	if m != nil {
 		spawn(func() error { return serveMetrics(ctx, m.listener, m.registry) })
 	}
