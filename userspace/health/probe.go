@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -40,7 +39,7 @@ const (
 // straight to the backend, whatever HTTP_PROXY says.
 var probeClient = &http.Client{
 	Transport: &http.Transport{
-		DialContext:            (&net.Dialer{}).DialContext,
+		DialContext:            dial,
 		DisableKeepAlives:      true,
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: maxBodyBytes,
@@ -99,8 +98,7 @@ func probe(ctx context.Context, c Check, address netip.AddrPort) error {
 }
 
 func probeTCP(ctx context.Context, address netip.AddrPort) error {
-	var dialer net.Dialer
-	conn, err := dialer.DialContext(ctx, "tcp", address.String())
+	conn, err := dial(ctx, "tcp", address.String())
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,10 @@ type Result struct {
 	Changed bool           // this result moved State
 	Reason  string         // why State changed; empty when Changed is false
 	Latency time.Duration  // how long the probe took
-	Err     error          // nil when the probe succeeded
+	Err     error          // nil when the probe succeeded; see IsHard
+	// Inconclusive: the probe timed out while this process could not run
+	// on time, so it says nothing of the backend and was not counted.
+	Inconclusive bool
 }
 
 // Status is a target's health as seen by the Scheduler at one moment.
@@ -53,6 +56,7 @@ type Status struct {
 // called from any goroutine, before and while Run runs.
 type Scheduler struct {
 	workers int
+	stalls  stallMonitor
 
 	// runSlot holds a token while Run runs, so runs never overlap.
 	runSlot chan struct{}
@@ -223,6 +227,9 @@ func (s *Scheduler) Run(ctx context.Context, onResult func(Result)) {
 	}
 	defer func() { <-s.runSlot }()
 
+	monitorCtx, stopMonitor := context.WithCancel(ctx)
+	defer stopMonitor()
+	go s.stalls.run(monitorCtx)
 	jobs := make(chan probeJob)
 	var workers sync.WaitGroup
 	for range s.workers {
@@ -299,12 +306,18 @@ func (s *Scheduler) takeDue(now time.Time) (job probeJob, ready bool, nextDue ti
 func (s *Scheduler) runJob(ctx context.Context, job probeJob, onResult func(Result)) {
 	started := time.Now()
 	err := probe(ctx, job.check, job.address)
+	if IsHard(err) {
+		// Confirmed by one more probe at once: a single lost race with a
+		// restarting process must not take the node down.
+		err = probe(ctx, job.check, job.address)
+	}
 	latency := time.Since(started)
 	if ctx.Err() != nil {
 		s.requeue(job, false)
 		return
 	}
-	result, current := s.record(job, err, started, latency)
+	inconclusive := err != nil && isTimeout(err) && s.stalls.longest(started, time.Now()) >= job.check.Timeout/4
+	result, current := s.record(job, err, inconclusive, started, latency)
 	if current && onResult != nil {
 		onResult(result)
 	}
@@ -314,7 +327,7 @@ func (s *Scheduler) runJob(ctx context.Context, job probeJob, onResult func(Resu
 // record applies the outcome of a probe to its target and returns the
 // Result to report, or false if the target was removed or reconfigured
 // since the probe started.
-func (s *Scheduler) record(job probeJob, err error, started time.Time, latency time.Duration) (Result, bool) {
+func (s *Scheduler) record(job probeJob, err error, inconclusive bool, started time.Time, latency time.Duration) (Result, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	scheduled := job.scheduled
@@ -324,16 +337,11 @@ func (s *Scheduler) record(job probeJob, err error, started time.Time, latency t
 	scheduled.lastError = err
 	scheduled.lastLatency = latency
 	scheduled.lastCheck = started
-	changed, state, reason := scheduled.tracker.Observe(err)
-	return Result{
-		ID:      job.id,
-		Target:  job.target,
-		State:   state,
-		Changed: changed,
-		Reason:  reason,
-		Latency: latency,
-		Err:     err,
-	}, true
+	result := Result{ID: job.id, Target: job.target, State: scheduled.tracker.State(), Latency: latency, Err: err, Inconclusive: inconclusive}
+	if !inconclusive {
+		result.Changed, result.State, result.Reason = scheduled.tracker.Observe(err)
+	}
+	return result, true
 }
 
 // requeue puts a probed target back in the queue unless it was removed.

@@ -366,8 +366,8 @@ func TestSchedulerReportsTransitions(t *testing.T) {
 		t.Fatalf("got %d state changes, want 1: %+v", len(changes), results)
 	}
 	down := changes[0]
-	if down.State != Down || !strings.HasPrefix(down.Reason, "2 consecutive failures, last: dial tcp "+dead.String()) {
-		t.Errorf("change = %s with reason %q, want down after 2 failures", down.State, down.Reason)
+	if down.State != Down || !strings.HasPrefix(down.Reason, "the node is gone: dial tcp "+dead.String()) || !IsHard(down.Err) {
+		t.Errorf("change = %s with reason %q (error %v), want down at once on a refused connection", down.State, down.Reason, down.Err)
 	}
 	if down.Err == nil || down.Latency <= 0 || down.Target != dead {
 		t.Errorf("change carries error %v, latency %s, target %s", down.Err, down.Latency, down.Target)
@@ -379,7 +379,7 @@ func TestSchedulerReportsTransitions(t *testing.T) {
 		t.Fatalf("Set: %v", err)
 	}
 	status := scheduler.Snapshot()[0]
-	if status.State != Down || status.ConsecutiveFailures < 2 || status.LastError == nil || status.LastCheck.IsZero() {
+	if status.State != Down || status.ConsecutiveFailures < 1 || status.LastError == nil || status.LastCheck.IsZero() {
 		t.Errorf("after an unchanged Set: %+v, want the tracker kept", status)
 	}
 

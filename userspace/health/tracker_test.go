@@ -6,13 +6,16 @@ import (
 	"testing"
 )
 
-// outcomes turns a string of 's' (success) and 'f' (failure) into probe
-// results.
+// outcomes turns a string of 's' (success), 'f' (soft failure) and 'h'
+// (hard failure) into probe results.
 func outcomes(sequence string) []error {
 	results := make([]error, len(sequence))
 	for i, outcome := range sequence {
-		if outcome == 'f' {
+		switch outcome {
+		case 'f':
 			results[i] = fmt.Errorf("probe %d failed", i)
+		case 'h':
+			results[i] = hardFailure{fmt.Errorf("probe %d refused", i)}
 		}
 	}
 	return results
@@ -31,7 +34,13 @@ func TestTrackerSequences(t *testing.T) {
 	}{
 		{"up stays up on successes", 2, 3, Up, "ssss", nil, Up},
 		{"down stays down on failures", 2, 3, Down, "ffff", nil, Down},
-		{"falls after fall failures", 2, 3, Up, "sfff", []int{3}, Down},
+		{"unhealthy after fall soft failures", 2, 3, Up, "sfff", []int{3}, Unhealthy},
+		{"down at once on a hard failure", 2, 3, Up, "sh", []int{1}, Down},
+		{"unhealthy then down on a hard failure", 2, 2, Up, "ffh", []int{1, 2}, Down},
+		{"soft failures leave a down backend down", 2, 2, Down, "fffsfff", nil, Down},
+		{"hard failures while down change nothing", 1, 1, Down, "hhh", nil, Down},
+		{"unhealthy comes up after rise successes", 2, 2, Unhealthy, "sfss", []int{3}, Up},
+		{"unhealthy stays unhealthy on soft failures", 2, 2, Unhealthy, "ffff", nil, Unhealthy},
 		{"isolated failures never fall", 2, 3, Up, "ffsffsffs", nil, Up},
 		{"rises after rise successes", 2, 3, Down, "fss", []int{2}, Up},
 		{"isolated successes never rise", 3, 3, Down, "ssfssfssf", nil, Down},
@@ -39,7 +48,7 @@ func TestTrackerSequences(t *testing.T) {
 		{"flapping from up", 2, 2, Up, "fsfsfsfsfsfsfsfs", nil, Up},
 		{"flapping from down", 2, 2, Down, "sfsfsfsfsfsfsfsf", nil, Down},
 		{"flapping pairs under rise and fall 3", 3, 3, Up, "ffssffssffss", nil, Up},
-		{"rise and fall 1 follow every change", 1, 1, Down, "sfsf", []int{0, 1, 2, 3}, Down},
+		{"rise and fall 1 follow every change", 1, 1, Down, "sfsh", []int{0, 1, 2, 3}, Down},
 		{"rise and fall below 1 act as 1", 0, -5, Up, "fs", []int{0, 1}, Up},
 		{"unknown initial state counts as down", 1, 1, State(7), "f", nil, Down},
 	}
@@ -81,8 +90,8 @@ func TestTrackerReasons(t *testing.T) {
 	}
 	changed, state, reason := tracker.Observe(refused)
 	want := "3 consecutive failures, last: dial tcp 198.18.0.3:3000: connect: connection refused"
-	if !changed || state != Down || reason != want {
-		t.Errorf("third failure: Observe = %t, %s, %q; want true, down, %q", changed, state, reason, want)
+	if !changed || state != Unhealthy || reason != want {
+		t.Errorf("third failure: Observe = %t, %s, %q; want true, unhealthy, %q", changed, state, reason, want)
 	}
 	if got := tracker.ConsecutiveFailures(); got != 3 {
 		t.Errorf("ConsecutiveFailures() = %d, want 3", got)
@@ -107,7 +116,7 @@ func TestTrackerReasons(t *testing.T) {
 }
 
 func TestStateString(t *testing.T) {
-	for state, want := range map[State]string{Up: "up", Down: "down", State(9): "State(9)"} {
+	for state, want := range map[State]string{Up: "up", Down: "down", Unhealthy: "unhealthy", State(9): "State(9)"} {
 		if got := state.String(); got != want {
 			t.Errorf("State(%d).String() = %q, want %q", uint8(state), got, want)
 		}
