@@ -106,6 +106,7 @@ func TestVIPAdd(t *testing.T) {
 		v.AffinityTimeout = control.DefaultAffinityTimeout
 		v.TableSize = 257
 		v.NoBackend, v.AllDown, v.Source = control.NoBackendDrop, control.AllDownFailOpen, control.SourceCLI
+		v.SessionGrace, v.MassFailurePercent = control.DefaultSessionGrace, control.DefaultMassFailurePercent
 		v.Check = health.Check{Kind: health.KindNone}.WithDefaults()
 		return v
 	}
@@ -121,6 +122,8 @@ func TestVIPAdd(t *testing.T) {
 		{[]string{"198.18.1.6:80", "--table-size", "251"}, func(v *control.VIP) { v.TableSize = 251 }},
 		{[]string{"198.18.1.7:80", "--no-backend", "pass"}, func(v *control.VIP) { v.NoBackend = control.NoBackendPass }},
 		{[]string{"[2001:db8:1::1]:443", "--all-down", "fail-closed"}, func(v *control.VIP) { v.AllDown = control.AllDownFailClosed }},
+		{[]string{"198.18.1.10:80", "--session-grace", "2m", "--mass-failure-percent", "75"},
+			func(v *control.VIP) { v.SessionGrace, v.MassFailurePercent = 2*time.Minute, 75 }},
 		{[]string{"[2001:db8:1::2]:443", "--check", "http", "--check-path", "/health", "--check-interval", "1s",
 			"--check-timeout", "500ms", "--check-rise", "3", "--check-fall", "2"},
 			func(v *control.VIP) {

@@ -167,6 +167,8 @@ func vipAddCommand() *cli.Command {
 			&cli.UintFlag{Name: "table-size", Usage: "Maglev table size, a prime (default: the largest the datapath holds)"},
 			&cli.StringFlag{Name: "no-backend", Value: control.NoBackendDrop, Usage: "with no usable backend: drop or pass"},
 			&cli.StringFlag{Name: "all-down", Value: control.AllDownFailOpen, Usage: "when every backend is down: fail-open (keep forwarding) or fail-closed"},
+			&cli.DurationFlag{Name: "session-grace", Value: control.DefaultSessionGrace, Usage: "how long an unhealthy (slow, not gone) backend keeps its pinned clients"},
+			&cli.IntFlag{Name: "mass-failure-percent", Value: control.DefaultMassFailurePercent, Usage: "when this share of the checked backends fails at once, keep every pinned client where it is"},
 		}, checkFlags()...),
 		Action: func(c *cli.Context) error {
 			v, err := vipToAdd(c)
@@ -207,6 +209,13 @@ func vipToAdd(c *cli.Context) (control.VIP, error) {
 	}
 	v.TableSize = uint32(c.Uint("table-size"))
 	v.NoBackend, v.AllDown = c.String("no-backend"), c.String("all-down")
+	v.SessionGrace, v.MassFailurePercent = c.Duration("session-grace"), c.Int("mass-failure-percent")
+	if v.SessionGrace == 0 {
+		return control.VIP{}, errors.New("session grace 0s is out of range, expected 1s to 1h (default 45s)")
+	}
+	if v.MassFailurePercent == 0 {
+		return control.VIP{}, errors.New("mass-failure percent 0 is out of range, expected 1 to 100 (default 50)")
+	}
 	check, err := checkFromFlags(c)
 	if err != nil {
 		return control.VIP{}, err
@@ -534,6 +543,10 @@ func backendTable(w io.Writer, vips []control.VIPStatus) {
 			if note == "" {
 				note = b.HealthNote
 			}
+			if b.UnhealthySince != nil {
+				note = fmt.Sprintf("unhealthy for %s (pinned clients stay for the session grace, %s); %s",
+					time.Since(*b.UnhealthySince).Round(time.Second), v.SessionGrace, note)
+			}
 			if b.FailingOpen {
 				note = "ALL DOWN, failing open; " + note
 			}
@@ -556,10 +569,14 @@ func statusCommand() *cli.Command {
 				fmt.Fprintln(w)
 				fmt.Fprintln(w, "VIP\tPROTO\tTABLE\tVERSION\tBACKENDS\tNOTE")
 				for _, v := range st.VIPs {
-					note := ""
+					var notes []string
 					if v.FailingOpen {
-						note = "ALL BACKENDS DOWN: failing open"
+						notes = append(notes, "ALL BACKENDS DOWN: failing open")
 					}
+					if v.MassFailure {
+						notes = append(notes, "MASS FAILURE: every pinned client kept")
+					}
+					note := strings.Join(notes, "; ")
 					fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%s\n", v.Addr, v.Proto, v.TableSize, v.TableVersion, len(v.Backends), note)
 				}
 				fmt.Fprintln(w)

@@ -28,16 +28,19 @@ type Config struct {
 
 // ConfigVIP is a VIP in the config file.
 type ConfigVIP struct {
-	VIP             string          `yaml:"vip"` // ADDR:PORT
-	Proto           string          `yaml:"proto"`
-	Prefix4         *int            `yaml:"prefix4"`
-	Prefix6         *int            `yaml:"prefix6"`
-	AffinityTimeout string          `yaml:"affinity_timeout"`
-	TableSize       uint32          `yaml:"table_size"`
-	NoBackend       string          `yaml:"no_backend"`
-	AllDown         string          `yaml:"all_down"`
-	Check           *ConfigCheck    `yaml:"check"`
-	Backends        []ConfigBackend `yaml:"backends"`
+	VIP             string `yaml:"vip"` // ADDR:PORT
+	Proto           string `yaml:"proto"`
+	Prefix4         *int   `yaml:"prefix4"`
+	Prefix6         *int   `yaml:"prefix6"`
+	AffinityTimeout string `yaml:"affinity_timeout"`
+	TableSize       uint32 `yaml:"table_size"`
+	NoBackend       string `yaml:"no_backend"`
+	AllDown         string `yaml:"all_down"`
+	SessionGrace    string `yaml:"session_grace"`
+	// MassFailurePercent: 0 or absent takes the default.
+	MassFailurePercent int             `yaml:"mass_failure_percent"`
+	Check              *ConfigCheck    `yaml:"check"`
+	Backends           []ConfigBackend `yaml:"backends"`
 }
 
 // ConfigBackend is a backend in the config file.
@@ -116,49 +119,14 @@ func (cfg Config) toState() ([]VIP, error) {
 	var out []VIP
 	for i, cv := range cfg.VIPs {
 		where := fmt.Sprintf("vips[%d]", i)
-		ap, err := ParseVIPAddr(cv.VIP)
+		v, err := cv.vip()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		proto, err := ParseProto(cv.Proto)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		v := NewVIP(VIPRef{Addr: ap, Proto: proto})
-		v.Source, v.TableSize, v.NoBackend, v.AllDown = SourceConfig, cv.TableSize, cv.NoBackend, cv.AllDown
-		if cv.Prefix4 != nil {
-			v.Prefix4 = *cv.Prefix4
-		}
-		if cv.Prefix6 != nil {
-			v.Prefix6 = *cv.Prefix6
-		}
-		if v.AffinityTimeout, err = parseDuration("affinity timeout", cv.AffinityTimeout); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		if cv.Check != nil {
-			if v.Check, err = cv.Check.check(); err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
 		}
 		for j, cb := range cv.Backends {
-			where := fmt.Sprintf("%s.backends[%d]", where, j)
-			addr, err := ParseBackendAddr(cb.Address)
+			b, err := cb.backend()
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			b := Backend{Name: cb.Name, Addr: addr, MAC: cb.MAC, Weight: DefaultWeight, Port: cb.Port, Drained: cb.Drained, Source: SourceConfig}
-			if cb.Weight != nil {
-				b.Weight = *cb.Weight
-			}
-			if cb.Check != nil {
-				check, err := cb.Check.check()
-				if err != nil {
-					return nil, fmt.Errorf("%s: %w", where, err)
-				}
-				b.Check = &check
-			}
-			if err := b.validate(); err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
+				return nil, fmt.Errorf("%s.backends[%d]: %w", where, j, err)
 			}
 			v.Backends = append(v.Backends, b)
 		}
@@ -180,6 +148,62 @@ func (cfg Config) toState() ([]VIP, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// vip returns the VIP's own settings, without its backends.
+func (cv ConfigVIP) vip() (VIP, error) {
+	ap, err := ParseVIPAddr(cv.VIP)
+	if err != nil {
+		return VIP{}, err
+	}
+	proto, err := ParseProto(cv.Proto)
+	if err != nil {
+		return VIP{}, err
+	}
+	v := NewVIP(VIPRef{Addr: ap, Proto: proto})
+	v.Source, v.TableSize, v.NoBackend, v.AllDown = SourceConfig, cv.TableSize, cv.NoBackend, cv.AllDown
+	v.MassFailurePercent = cv.MassFailurePercent
+	if cv.Prefix4 != nil {
+		v.Prefix4 = *cv.Prefix4
+	}
+	if cv.Prefix6 != nil {
+		v.Prefix6 = *cv.Prefix6
+	}
+	if v.AffinityTimeout, err = parseDuration("affinity timeout", cv.AffinityTimeout); err != nil {
+		return VIP{}, err
+	}
+	if v.SessionGrace, err = parseDuration("session grace", cv.SessionGrace); err != nil {
+		return VIP{}, err
+	}
+	if cv.Check != nil {
+		if v.Check, err = cv.Check.check(); err != nil {
+			return VIP{}, err
+		}
+	}
+	return v, nil
+}
+
+// backend returns the backend the config declares.
+func (cb ConfigBackend) backend() (Backend, error) {
+	addr, err := ParseBackendAddr(cb.Address)
+	if err != nil {
+		return Backend{}, err
+	}
+	b := Backend{Name: cb.Name, Addr: addr, MAC: cb.MAC, Weight: DefaultWeight, Port: cb.Port, Drained: cb.Drained, Source: SourceConfig}
+	if cb.Weight != nil {
+		b.Weight = *cb.Weight
+	}
+	if cb.Check != nil {
+		check, err := cb.Check.check()
+		if err != nil {
+			return Backend{}, err
+		}
+		b.Check = &check
+	}
+	if err := b.validate(); err != nil {
+		return Backend{}, err
+	}
+	return b, nil
 }
 
 // Merge returns s with the config's entries merged in, keeping ids.

@@ -25,6 +25,8 @@ vips:
     table_size: 1021
     no_backend: pass
     all_down: fail-closed
+    session_grace: 90s
+    mass_failure_percent: 60
     check:
       kind: http
       port: 8080
@@ -71,6 +73,7 @@ func TestParseConfigReadsEveryField(t *testing.T) {
 		Interval: 5 * time.Second, Timeout: 2 * time.Second, Rise: 3, Fall: 4}
 	if web.VIPRef != webVIP || web.Prefix4 != 24 || web.Prefix6 != 56 || web.AffinityTimeout != 3*time.Minute ||
 		web.TableSize != 1021 || web.NoBackend != NoBackendPass || web.AllDown != AllDownFailClosed ||
+		web.SessionGrace != 90*time.Second || web.MassFailurePercent != 60 ||
 		web.Check != wantCheck || web.Source != SourceConfig || web.ID != unassignedVIP {
 		t.Errorf("first VIP is %+v", web)
 	}
@@ -134,6 +137,9 @@ func TestConfigErrorsNameValueAndPosition(t *testing.T) {
 		{"table size", vip("    table_size: 100\n"), "vips[0]", "100"},
 		{"no_backend", vip("    no_backend: reject\n"), "vips[0]", "reject"},
 		{"all_down", vip("    all_down: maybe\n"), "vips[0]", "maybe"},
+		{"session grace", vip("    session_grace: later\n"), "vips[0]", "later"},
+		{"long session grace", vip("    session_grace: 2h\n"), "vips[0]", "2h0m0s"},
+		{"mass failure percent", vip("    mass_failure_percent: 150\n"), "vips[0]", "150"},
 		{"VIP check interval", vip("    check:\n      kind: tcp\n      interval: -1s\n"), "vips[0]", "-1s"},
 		{"VIP check kind", vip("    check:\n      kind: ping\n"), "vips[0]", "ping"},
 		{"backend address", vip(backends("        address: 10.0.0\n")), "vips[0].backends[1]", "10.0.0"},

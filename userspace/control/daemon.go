@@ -68,13 +68,17 @@ func conflict(format string, args ...any) error {
 // backendRuntime is what the daemon knows of a backend beyond its desired
 // state.
 type backendRuntime struct {
-	addr        netip.Addr
-	mac         string
-	nextHop     NextHop
-	resolveErr  error
-	health      health.State
-	healthNote  string // reason of the last health transition
-	checked     bool   // a health check is configured
+	addr       netip.Addr
+	mac        string
+	nextHop    NextHop
+	resolveErr error
+	health     health.State
+	healthNote string // reason of the last health transition
+	checked    bool   // a health check is configured
+	// unhealthySince is when health last became Unhealthy.
+	unhealthySince time.Time
+	// failing: the latest conclusive probe failed.
+	failing     bool
 	generation  uint32
 	datapath    maps.BackendState
 	failingOpen bool // down, but forwarded to because all are down
@@ -89,6 +93,8 @@ type vipRuntime struct {
 	table        []maps.BackendID
 	tableVersion uint64
 	failingOpen  bool
+	// guarded: so many of its backends fail that pinned clients stay.
+	guarded bool
 }
 
 // Options configure a Daemon.
@@ -99,19 +105,20 @@ type Options struct {
 	StatePath      string  // "" : state is not persisted
 	IngressIfindex int     // the interface the program is attached to
 	Log            *slog.Logger
-	Observer       Observer // nil: events are not reported
+	Observer       Observer         // nil: events are not reported
+	Now            func() time.Time // nil: time.Now
 }
 
 // Observer hears what metrics count as it happens.
 type Observer interface {
 	TableBuilt(vip string, took time.Duration)
-	HealthChecked(vip, backend string, healthy bool, latency time.Duration)
+	HealthChecked(vip, backend string, result health.Result)
 }
 
 type noObserver struct{}
 
-func (noObserver) TableBuilt(string, time.Duration)                  {}
-func (noObserver) HealthChecked(string, string, bool, time.Duration) {}
+func (noObserver) TableBuilt(string, time.Duration)            {}
+func (noObserver) HealthChecked(string, string, health.Result) {}
 
 // Daemon owns the desired state and is the only writer of the maps.
 type Daemon struct {

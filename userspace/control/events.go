@@ -2,6 +2,8 @@ package control
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"time"
@@ -50,13 +52,27 @@ func (d *Daemon) HealthResult(r health.Result) {
 	}
 	v := d.state.VIPs[pos.vip]
 	b := v.Backends[pos.backend]
-	d.opts.Observer.HealthChecked(v.VIPRef.String(), b.Name, r.Err == nil, r.Latency)
-	if !r.Changed {
+	d.opts.Observer.HealthChecked(v.VIPRef.String(), b.Name, r)
+	if r.Inconclusive {
 		return
 	}
 	rt := d.backends[b.ID]
+	rt.failing = r.Err != nil
+	if !r.Changed {
+		return
+	}
 	rt.health, rt.healthNote = r.State, r.Reason
-	d.log.Info("backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", r.State.String(), "reason", r.Reason)
+	level := slog.LevelInfo
+	switch r.State {
+	case health.Unhealthy:
+		rt.unhealthySince = d.opts.Now()
+		level = slog.LevelWarn
+		r.Reason += fmt.Sprintf("; no new clients, pinned ones stay for the session grace (%s)", v.SessionGrace)
+	case health.Down:
+		level = slog.LevelWarn
+		r.Reason += "; its clients move"
+	}
+	d.log.Log(context.Background(), level, "backend health changed", "vip", v.VIPRef.String(), "backend", b.Name, "state", r.State.String(), "reason", r.Reason)
 	if err := d.installVIP(v, d.state.Seed); err != nil {
 		d.dirty[v.ID] = true
 		d.log.Error("applying health change; will retry", "vip", v.VIPRef.String(), "backend", b.Name, "error", err)
@@ -120,6 +136,35 @@ func (d *Daemon) maintainOnce(ctx context.Context) {
 		due[i].hop, due[i].err = rt.nextHop, rt.resolveErr
 	}
 	d.applyRechecks(due)
+	d.reviewPlans()
+}
+
+// reviewPlans installs every VIP whose plan changed with time alone: a
+// session grace that ran out, a mass failure that began or ended.
+func (d *Daemon) reviewPlans() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, v := range d.state.VIPs {
+		plan := planVIP(v, d.facts(v))
+		d.noteGuard(v, plan.Guarded)
+		if !d.planned(plan) {
+			continue
+		}
+		if err := d.installVIP(v, d.state.Seed); err != nil {
+			d.dirty[v.ID] = true
+			d.log.Error("installing VIP; will retry", "vip", v.VIPRef.String(), "error", err)
+		}
+	}
+}
+
+// planned reports whether plan differs from what the datapath holds.
+func (d *Daemon) planned(plan vipPlan) bool {
+	for _, p := range plan.Backends {
+		if rt := d.backends[p.ID]; rt.datapath != p.State || rt.failingOpen != p.FailingOpen {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *Daemon) dueRechecks() []recheck {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -75,4 +76,78 @@ func BenchmarkHealthResult(b *testing.B) {
 			}
 		})
 	}
+}
+
+// fakeClock is a clock the test moves.
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time           { return c.now }
+func (c *fakeClock) advance(by time.Duration) { c.now = c.now.Add(by) }
+
+// TestSlowNodeKeepsSessionsForTheGrace follows one node through soft
+// failures, the session grace, a mass failure and a hard failure, with a
+// fake clock: its clients' generation changes only when it is gone, or
+// unhealthy past the grace while the VIP is not guarded.
+func TestSlowNodeKeepsSessionsForTheGrace(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	tb := &testBed{t: t, maps: maps.NewFake(testLimits), resolver: newFakeResolver(), checker: newFakeChecker(), now: clock.Now}
+	tb.daemon = tb.start(State{}, "")
+	ref := mustRef(t, "198.18.1.1:80", "tcp")
+	tb.addVIP(ref, func(v *VIP) {
+		v.Check = health.Check{Kind: health.KindTCP}
+		v.SessionGrace = 45 * time.Second
+	})
+	for i, name := range []string{"b1", "b2", "b3", "b4"} {
+		tb.addBackend(ref, name, fmt.Sprintf("198.18.0.%d", 10+i), 1)
+	}
+	id := tb.backendID(ref, "b3")
+	generation := tb.backend(id).Generation
+	soft := errors.New("context deadline exceeded")
+	expect := func(when string, state maps.BackendState, generation uint32, guarded bool) {
+		t.Helper()
+		entry := tb.backend(id)
+		if entry.State != state || entry.Generation != generation {
+			t.Fatalf("%s: b3 is %s at generation %d, want %s at %d", when, entry.State, entry.Generation, state, generation)
+		}
+		if got := tb.vipStatus(ref).MassFailure; got != guarded {
+			t.Fatalf("%s: mass failure %t, want %t", when, got, guarded)
+		}
+		if shares(tb.liveTable(ref))[id] != 0 && state != maps.BackendUp {
+			t.Fatalf("%s: b3 is %s but still in the table", when, state)
+		}
+	}
+
+	tb.daemon.HealthResult(health.Result{ID: backendCheckID(id), State: health.Unhealthy, Changed: true, Err: soft, Reason: "3 consecutive failures"})
+	expect("unhealthy", maps.BackendDraining, generation, false)
+	if st := tb.backendStatus(ref, "b3"); st.Health != "unhealthy" || st.UnhealthySince == nil || !st.UnhealthySince.Equal(clock.now) {
+		t.Fatalf("status of an unhealthy backend: %+v", st)
+	}
+	clock.advance(44 * time.Second)
+	tb.daemon.reviewPlans()
+	expect("44 s unhealthy", maps.BackendDraining, generation, false)
+
+	// A second node failing makes half the VIP fail: guarded, past the
+	// grace nobody moves.
+	other := backendCheckID(tb.backendID(ref, "b1"))
+	tb.daemon.HealthResult(health.Result{ID: other, State: health.Up, Err: soft})
+	clock.advance(10 * time.Second)
+	tb.daemon.reviewPlans()
+	expect("54 s unhealthy, guarded", maps.BackendDraining, generation, true)
+	// Inconclusive results change nothing.
+	tb.daemon.HealthResult(health.Result{ID: other, State: health.Up, Err: soft, Inconclusive: true})
+	tb.daemon.reviewPlans()
+	expect("inconclusive", maps.BackendDraining, generation, true)
+
+	// The guard ends: the grace is over, its clients move.
+	tb.daemon.HealthResult(health.Result{ID: other, State: health.Up})
+	tb.daemon.reviewPlans()
+	expect("guard over", maps.BackendDown, generation+1, false)
+
+	// Back up: nobody's generation changes.
+	tb.daemon.HealthResult(health.Result{ID: backendCheckID(id), State: health.Up, Changed: true, Reason: "2 consecutive successes"})
+	expect("up again", maps.BackendUp, generation+1, false)
+
+	// Hard evidence: down at once, no grace.
+	tb.daemon.HealthResult(health.Result{ID: backendCheckID(id), State: health.Down, Changed: true, Err: errors.New("refused"), Reason: "the node is gone"})
+	expect("gone", maps.BackendDown, generation+2, false)
 }

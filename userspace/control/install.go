@@ -157,10 +157,16 @@ func (d *Daemon) resolve(ctx context.Context, b Backend, rt *backendRuntime) {
 
 // facts collects what planVIP needs to know of v's backends.
 func (d *Daemon) facts(v VIP) map[maps.BackendID]backendFacts {
+	now := d.opts.Now()
 	out := make(map[maps.BackendID]backendFacts, len(v.Backends))
 	for _, b := range v.Backends {
 		rt := d.backends[b.ID]
-		out[b.ID] = backendFacts{Reachable: rt.resolveErr == nil && rt.nextHop.MAC != nil, Health: rt.health, Datapath: rt.datapath}
+		f := backendFacts{Reachable: rt.resolveErr == nil && rt.nextHop.MAC != nil, Checked: rt.checked,
+			Health: rt.health, Failing: rt.failing, Datapath: rt.datapath}
+		if rt.health == health.Unhealthy {
+			f.Unhealthy = now.Sub(rt.unhealthySince)
+		}
+		out[b.ID] = f
 	}
 	return out
 }
@@ -179,6 +185,7 @@ type backendWrite struct {
 func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	started := time.Now()
 	plan := planVIP(v, d.facts(v))
+	d.noteGuard(v, plan.Guarded)
 	usable, goingDown := d.entries(v, plan)
 	if err := d.writeBackends(usable); err != nil {
 		return err
@@ -264,11 +271,7 @@ func (d *Daemon) swapTable(v VIP, plan vipPlan, seed uint32) (bool, error) {
 	for i, id := range built {
 		table[i] = maps.BackendID(id)
 	}
-	rt := d.vips[v.ID]
-	if rt == nil {
-		rt = &vipRuntime{}
-		d.vips[v.ID] = rt
-	}
+	rt := d.vipRuntime(v.ID)
 	if rt.failingOpen != plan.FailingOpen {
 		if plan.FailingOpen {
 			d.log.Error("ALL BACKENDS DOWN: failing open, forwarding to the last backends anyway", "vip", v.VIPRef.String())
@@ -391,4 +394,30 @@ func (d *Daemon) syncTxPorts() error {
 		}
 	}
 	return nil
+}
+
+// vipRuntime returns what the daemon installed for VIP id, new if nothing.
+func (d *Daemon) vipRuntime(id uint32) *vipRuntime {
+	rt := d.vips[id]
+	if rt == nil {
+		rt = &vipRuntime{}
+		d.vips[id] = rt
+	}
+	return rt
+}
+
+// noteGuard records whether v is guarded against a mass failure, and says
+// so loudly when that changes.
+func (d *Daemon) noteGuard(v VIP, guarded bool) {
+	rt := d.vipRuntime(v.ID)
+	if rt.guarded == guarded {
+		return
+	}
+	rt.guarded = guarded
+	if guarded {
+		d.log.Error("MASS FAILURE: most backends fail at once, likely the LB's own fault or fleet-wide; every pinned client stays where it is (gone nodes still lose theirs)",
+			"vip", v.VIPRef.String(), "threshold_percent", v.MassFailurePercent)
+	} else {
+		d.log.Info("mass failure over: unhealthy backends lose their pinned clients after the session grace again", "vip", v.VIPRef.String())
+	}
 }

@@ -1,6 +1,8 @@
 package control
 
 import (
+	"time"
+
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/health"
 	"github.com/tether-lb/tether/userspace/maglev"
@@ -10,7 +12,10 @@ import (
 // all that planVIP needs besides the desired state.
 type backendFacts struct {
 	Reachable bool              // its next hop is resolved
+	Checked   bool              // a health check is configured
 	Health    health.State      // the checks' verdict (Up when unchecked)
+	Failing   bool              // its latest conclusive probe failed
+	Unhealthy time.Duration     // how long it has been Unhealthy
 	Datapath  maps.BackendState // what the datapath holds for it now
 }
 
@@ -18,8 +23,8 @@ type backendFacts struct {
 type backendPlan struct {
 	ID    maps.BackendID
 	State maps.BackendState
-	// FailingOpen: down, but forwarded to because the VIP has no backend
-	// that could take a new client.
+	// FailingOpen: not healthy, but forwarded to because the VIP has no
+	// backend that could take a new client.
 	FailingOpen bool
 	// NewGeneration: it leaves service, so its clients' affinity entries
 	// must stop being honoured at once.
@@ -32,39 +37,28 @@ type vipPlan struct {
 	Backends    []backendPlan // in the VIP's order
 	Maglev      []maglev.Backend
 	FailingOpen bool
+	// Guarded: so many checked backends fail at once that no pinned
+	// client is moved for soft failures.
+	Guarded bool
 }
 
 // planVIP decides, from the desired state and what is known of each
 // backend, what the datapath holds for a VIP. It changes nothing.
 //
-// A backend is down when its next hop is unknown or its checks fail; a
-// drained one is draining (it keeps its clients, takes no new ones). When
-// no backend could take a new client and the VIP fails open, the checked
-// down ones are forwarded to anyway. Only up backends of weight > 0 are in
-// the Maglev table.
+// A backend whose next hop is unknown, or that hard evidence says is gone,
+// is down: its clients move. An unhealthy one (soft failures) is draining:
+// it takes no new client but keeps its pinned ones, until it has been
+// unhealthy for the VIP's session grace, and then it is down too, unless
+// the VIP is guarded. A drained one is draining. When no backend could
+// take a new client and the VIP fails open, the checked ones that are not
+// up are forwarded to anyway. Only up backends of weight > 0 are in the
+// Maglev table.
 func planVIP(v VIP, facts map[maps.BackendID]backendFacts) vipPlan {
-	allDown := true
+	plan := vipPlan{Backends: make([]backendPlan, 0, len(v.Backends)), Guarded: guarded(v, facts)}
+	failOpen := v.AllDown == AllDownFailOpen && !takesNewClients(v, facts)
 	for _, b := range v.Backends {
 		f := facts[b.ID]
-		if f.Reachable && f.Health == health.Up && !b.Drained && b.Weight > 0 {
-			allDown = false
-		}
-	}
-	failOpen := allDown && v.AllDown == AllDownFailOpen
-	plan := vipPlan{Backends: make([]backendPlan, 0, len(v.Backends))}
-	for _, b := range v.Backends {
-		f := facts[b.ID]
-		p := backendPlan{ID: b.ID, State: maps.BackendUp}
-		switch {
-		case !f.Reachable:
-			p.State = maps.BackendDown
-		case f.Health == health.Down && failOpen && !b.Drained:
-			p.FailingOpen = true
-		case f.Health == health.Down:
-			p.State = maps.BackendDown
-		case b.Drained:
-			p.State = maps.BackendDraining
-		}
+		p := planBackend(v, b, f, failOpen, plan.Guarded)
 		p.NewGeneration = f.Datapath.Usable() && p.State == maps.BackendDown
 		plan.FailingOpen = plan.FailingOpen || p.FailingOpen
 		if p.State == maps.BackendUp && b.Weight > 0 {
@@ -73,4 +67,51 @@ func planVIP(v VIP, facts map[maps.BackendID]backendFacts) vipPlan {
 		plan.Backends = append(plan.Backends, p)
 	}
 	return plan
+}
+
+// takesNewClients reports whether any backend of v could take a new
+// client: reachable, up, not drained, of weight > 0.
+func takesNewClients(v VIP, facts map[maps.BackendID]backendFacts) bool {
+	for _, b := range v.Backends {
+		if f := facts[b.ID]; f.Reachable && f.Health == health.Up && !b.Drained && b.Weight > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// planBackend decides one backend's datapath state (see planVIP).
+func planBackend(v VIP, b Backend, f backendFacts, failOpen, guarded bool) backendPlan {
+	p := backendPlan{ID: b.ID, State: maps.BackendUp}
+	graceOver := f.Health == health.Unhealthy && f.Unhealthy >= v.SessionGrace && !guarded
+	switch {
+	case !f.Reachable:
+		p.State = maps.BackendDown
+	case f.Health != health.Up && failOpen && !b.Drained:
+		p.FailingOpen = true
+	case f.Health == health.Down || graceOver:
+		p.State = maps.BackendDown
+	case f.Health == health.Unhealthy || b.Drained:
+		p.State = maps.BackendDraining
+	}
+	return p
+}
+
+// guarded reports whether at least the VIP's mass-failure share of its
+// checked backends (and at least two) fail at once: the fault is then
+// more likely the LB's own (CPU starvation, its network) or fleet-wide (a
+// reconnect storm) than each node's.
+func guarded(v VIP, facts map[maps.BackendID]backendFacts) bool {
+	checked, failing := 0, 0
+	for _, b := range v.Backends {
+		f := facts[b.ID]
+		if !f.Checked {
+			continue
+		}
+		checked++
+		if f.Failing || f.Health != health.Up {
+			failing++
+		}
+	}
+	return failing >= 2 && failing*100 >= v.MassFailurePercent*checked
 }

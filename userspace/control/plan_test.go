@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/health"
@@ -30,6 +31,9 @@ func planned(p vipPlan) string {
 	parts = append(parts, "maglev="+strings.Join(set, ","))
 	if p.FailingOpen {
 		parts = append(parts, "failing-open")
+	}
+	if p.Guarded {
+		parts = append(parts, "guarded")
 	}
 	return strings.Join(parts, " ")
 }
@@ -94,8 +98,67 @@ func TestPlanVIP(t *testing.T) {
 			for i, b := range c.backends {
 				facts[b.ID] = c.facts[i]
 			}
-			got := planned(planVIP(VIP{AllDown: c.allDown, Backends: c.backends}, facts))
+			got := planned(planVIP(VIP{AllDown: c.allDown, Backends: c.backends, SessionGrace: time.Minute, MassFailurePercent: 50}, facts))
 			if got != c.want {
+				t.Errorf("plan %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
+// TestPlanVIPSessionGrace: a slow node keeps its pinned clients for the
+// session grace and takes no new ones; past the grace they move, unless
+// so many backends fail at once that the VIP is guarded; a gone node's
+// clients move at once whatever the guard says. Durations stand for a
+// fake clock.
+func TestPlanVIPSessionGrace(t *testing.T) {
+	const grace = time.Minute
+	up := backendFacts{Reachable: true, Checked: true, Health: health.Up, Datapath: maps.BackendUp}
+	failingUp := backendFacts{Reachable: true, Checked: true, Health: health.Up, Failing: true, Datapath: maps.BackendUp}
+	unhealthy := func(for_ time.Duration) backendFacts {
+		return backendFacts{Reachable: true, Checked: true, Health: health.Unhealthy, Failing: true, Unhealthy: for_, Datapath: maps.BackendDraining}
+	}
+	gone := backendFacts{Reachable: true, Checked: true, Health: health.Down, Failing: true, Datapath: maps.BackendUp}
+	unchecked := backendFacts{Reachable: true, Health: health.Up, Datapath: maps.BackendUp}
+	openBefore := func(f backendFacts) backendFacts { f.Datapath = maps.BackendUp; return f }
+	for _, c := range []struct {
+		name    string
+		percent int
+		facts   []backendFacts
+		want    string
+	}{
+		{"just unhealthy: draining, pinned clients stay", 50,
+			[]backendFacts{up, up, unhealthy(0)}, "1:up 2:up 3:draining maglev=1*1,2*1"},
+		{"unhealthy within the grace: still draining", 50,
+			[]backendFacts{up, up, unhealthy(grace - time.Second)}, "1:up 2:up 3:draining maglev=1*1,2*1"},
+		{"unhealthy past the grace: its clients move", 50,
+			[]backendFacts{up, up, unhealthy(grace)}, "1:up 2:up 3:down+gen maglev=1*1,2*1"},
+		{"two of three failing at 50%: guarded, nobody moves", 50,
+			[]backendFacts{up, failingUp, unhealthy(10 * grace)}, "1:up 2:up 3:draining maglev=1*1,2*1 guarded"},
+		{"two of three failing at 70%: not guarded", 70,
+			[]backendFacts{up, failingUp, unhealthy(10 * grace)}, "1:up 2:up 3:down+gen maglev=1*1,2*1"},
+		{"one failing is never a mass failure", 1,
+			[]backendFacts{up, up, unhealthy(10 * grace)}, "1:up 2:up 3:down+gen maglev=1*1,2*1"},
+		{"unchecked backends do not count", 50,
+			[]backendFacts{unchecked, unchecked, unchecked, failingUp, unhealthy(10 * grace)}, "1:up 2:up 3:up 4:up 5:draining maglev=1*1,2*1,3*1,4*1 guarded"},
+		{"a gone node loses its clients even when guarded", 50,
+			[]backendFacts{failingUp, unhealthy(0), gone}, "1:up 2:draining 3:down+gen maglev=1*1 guarded"},
+		{"all unhealthy: failing open, nobody voided", 50,
+			[]backendFacts{unhealthy(0), unhealthy(0), unhealthy(0)}, "1:up+open 2:up+open 3:up+open maglev=1*1,2*1,3*1 failing-open guarded"},
+		{"leaving fail-open: the still unhealthy drain, nobody voided", 50,
+			[]backendFacts{up, openBefore(unhealthy(0)), openBefore(unhealthy(0))}, "1:up 2:draining 3:draining maglev=1*1 guarded"},
+		{"recovered: up again, nobody voided", 50,
+			[]backendFacts{up, up, {Reachable: true, Checked: true, Health: health.Up, Datapath: maps.BackendDraining}}, "1:up 2:up 3:up maglev=1*1,2*1,3*1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := VIP{AllDown: AllDownFailOpen, SessionGrace: grace, MassFailurePercent: c.percent}
+			facts := map[maps.BackendID]backendFacts{}
+			for i, f := range c.facts {
+				id := maps.BackendID(i + 1)
+				v.Backends = append(v.Backends, Backend{Name: fmt.Sprintf("b%d", id), ID: id, Weight: 1})
+				facts[id] = f
+			}
+			if got := planned(planVIP(v, facts)); got != c.want {
 				t.Errorf("plan %q, want %q", got, c.want)
 			}
 		})

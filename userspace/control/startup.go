@@ -22,6 +22,9 @@ func New(opts Options, state State) (*Daemon, error) {
 	if opts.Observer == nil {
 		opts.Observer = noObserver{}
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	d := &Daemon{
 		opts:     opts,
 		log:      opts.Log,
@@ -85,8 +88,13 @@ func (d *Daemon) adoptBackend(b Backend) *backendRuntime {
 		return rt
 	}
 	rt.generation, rt.datapath = entry.Generation, entry.State
-	if entry.State == maps.BackendDown {
+	switch {
+	case entry.State == maps.BackendDown:
 		rt.health = health.Down
+	case entry.State == maps.BackendDraining && !b.Drained:
+		// Unhealthy when the last daemon stopped: its session grace
+		// starts again.
+		rt.health, rt.unhealthySince = health.Unhealthy, d.opts.Now()
 	}
 	if isUnicastMAC(entry.MAC) {
 		ifindex := int(entry.Ifindex)

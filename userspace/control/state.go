@@ -32,6 +32,15 @@ const (
 	DefaultWeight          = 1
 	MaxWeight              = 10000
 	maxAffinityTimeout     = 24 * time.Hour
+	// DefaultSessionGrace is how long an unhealthy backend keeps its
+	// pinned clients: Engine.IO's 45 s of possible silence, which a
+	// client itself survives.
+	DefaultSessionGrace = 45 * time.Second
+	maxSessionGrace     = time.Hour
+	// DefaultMassFailurePercent: when this share of a VIP's checked
+	// backends fails at once, the fault is more likely the LB's own or
+	// fleet-wide, and no pinned client is moved for soft failures.
+	DefaultMassFailurePercent = 50
 )
 
 // What happens to a VIP's packets when no backend can take them.
@@ -78,9 +87,15 @@ type VIP struct {
 	TableSize       uint32        `json:"table_size"`
 	NoBackend       string        `json:"no_backend"`
 	AllDown         string        `json:"all_down"`
-	Check           health.Check  `json:"check"` // default for its backends
-	Backends        []Backend     `json:"backends"`
-	Source          string        `json:"source"`
+	// SessionGrace is how long an unhealthy backend keeps its pinned
+	// clients before they move.
+	SessionGrace time.Duration `json:"session_grace"`
+	// MassFailurePercent of the checked backends failing at once holds
+	// every pinned client where it is (hard evidence still counts).
+	MassFailurePercent int          `json:"mass_failure_percent"`
+	Check              health.Check `json:"check"` // default for its backends
+	Backends           []Backend    `json:"backends"`
+	Source             string       `json:"source"`
 	// ID is the datapath's vip_id, kept across restarts.
 	ID uint32 `json:"id"`
 }
@@ -195,6 +210,12 @@ func (v VIP) withDefaults(tableStride uint32) VIP {
 	if v.AllDown == "" {
 		v.AllDown = AllDownFailOpen
 	}
+	if v.SessionGrace == 0 {
+		v.SessionGrace = DefaultSessionGrace
+	}
+	if v.MassFailurePercent == 0 {
+		v.MassFailurePercent = DefaultMassFailurePercent
+	}
 	if v.Source == "" {
 		v.Source = SourceCLI
 	}
@@ -254,6 +275,12 @@ func (v VIP) validateSettings() error {
 	}
 	if v.AllDown != AllDownFailOpen && v.AllDown != AllDownFailClosed {
 		return fmt.Errorf("all-down action %q is not known, expected fail-open or fail-closed", v.AllDown)
+	}
+	if err := checkSessionGrace(v.SessionGrace); err != nil {
+		return err
+	}
+	if err := checkMassFailurePercent(v.MassFailurePercent); err != nil {
+		return err
 	}
 	if err := v.Check.Validate(); err != nil {
 		return fmt.Errorf("VIP %s: %w", v.VIPRef, oneLine(err))
@@ -492,4 +519,20 @@ func writeAtomic(path string, data []byte) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// checkSessionGrace refuses a session grace out of range.
+func checkSessionGrace(grace time.Duration) error {
+	if grace < time.Second || grace > maxSessionGrace {
+		return fmt.Errorf("session grace %s is out of range, expected 1s to 1h (default 45s)", grace)
+	}
+	return nil
+}
+
+// checkMassFailurePercent refuses a mass-failure share out of range.
+func checkMassFailurePercent(percent int) error {
+	if percent < 1 || percent > 100 {
+		return fmt.Errorf("mass-failure percent %d is out of range, expected 1 to 100 (default 50)", percent)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/health"
@@ -127,6 +128,7 @@ type testBed struct {
 	resolver *fakeResolver
 	checker  *fakeChecker
 	daemon   *Daemon
+	now      func() time.Time // the daemon's clock; nil: time.Now
 }
 
 // newTestBed starts a daemon with an empty state over fresh fake maps.
@@ -147,6 +149,7 @@ func (tb *testBed) start(state State, statePath string) *Daemon {
 		Checker:        tb.checker,
 		StatePath:      statePath,
 		IngressIfindex: ingressIfindex,
+		Now:            tb.now,
 	}, state)
 	if err != nil {
 		tb.t.Fatalf("building daemon: %v", err)

@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/health"
@@ -20,6 +21,8 @@ type BackendStatus struct {
 	Generation  uint32 `json:"generation"`
 	FailingOpen bool   `json:"failing_open,omitempty"`
 	Pinned      int    `json:"pinned_clients"`
+	// UnhealthySince is when the backend became unhealthy, if it is.
+	UnhealthySince *time.Time `json:"unhealthy_since,omitempty"`
 }
 
 // VIPStatus is a VIP as status shows it.
@@ -29,6 +32,9 @@ type VIPStatus struct {
 	TableSlot    uint8           `json:"table_slot"`
 	TableVersion uint64          `json:"table_version"`
 	FailingOpen  bool            `json:"failing_open,omitempty"`
+	// MassFailure: so many backends fail at once that every pinned client
+	// is kept where it is.
+	MassFailure bool `json:"mass_failure,omitempty"`
 }
 
 // DatapathInfo says where and how the program runs.
@@ -58,7 +64,8 @@ type BackendInventory struct {
 	Name    string
 	ID      maps.BackendID
 	State   maps.BackendState
-	Healthy bool
+	Healthy bool         // Health is Up
+	Health  health.State // what the checks say
 	Checked bool
 	Weight  uint32
 }
@@ -69,6 +76,7 @@ type VIPInventory struct {
 	ID           uint32
 	TableVersion uint64 // table swaps since the daemon started
 	FailingOpen  bool
+	MassFailure  bool
 	Backends     []BackendInventory
 }
 
@@ -180,8 +188,8 @@ func (d *Daemon) Status() (Status, error) {
 	}
 	out := Status{DatapathInfo: vw.info, Seed: vw.seed, VIPs: []VIPStatus{}}
 	for _, v := range vw.vips {
-		vs := VIPStatus{VIP: v.VIP, Backends: []BackendStatus{},
-			TableSlot: v.installed.info.TableSlot, TableVersion: v.installed.tableVersion, FailingOpen: v.installed.failingOpen}
+		vs := VIPStatus{VIP: v.VIP, Backends: []BackendStatus{}, TableSlot: v.installed.info.TableSlot,
+			TableVersion: v.installed.tableVersion, FailingOpen: v.installed.failingOpen, MassFailure: v.installed.guarded}
 		vs.VIP.Backends = nil
 		for j, b := range v.Backends {
 			rt := v.backends[j]
@@ -196,6 +204,10 @@ func (d *Daemon) Status() (Status, error) {
 			if rt.resolveErr != nil {
 				bs.Problem = rt.resolveErr.Error()
 			}
+			if rt.health == health.Unhealthy {
+				since := rt.unhealthySince
+				bs.UnhealthySince = &since
+			}
 			vs.Backends = append(vs.Backends, bs)
 		}
 		out.VIPs = append(out.VIPs, vs)
@@ -208,11 +220,12 @@ func (d *Daemon) Inventory() Inventory {
 	vw := d.view()
 	out := Inventory{DatapathInfo: vw.info}
 	for _, v := range vw.vips {
-		vi := VIPInventory{Name: v.VIPRef.String(), ID: v.ID, TableVersion: v.installed.tableVersion, FailingOpen: v.installed.failingOpen}
+		vi := VIPInventory{Name: v.VIPRef.String(), ID: v.ID, TableVersion: v.installed.tableVersion,
+			FailingOpen: v.installed.failingOpen, MassFailure: v.installed.guarded}
 		for j, b := range v.Backends {
 			rt := v.backends[j]
 			vi.Backends = append(vi.Backends, BackendInventory{Name: b.Name, ID: b.ID, State: rt.datapath,
-				Healthy: rt.health == health.Up, Checked: rt.checked, Weight: b.Weight})
+				Healthy: rt.health == health.Up, Health: rt.health, Checked: rt.checked, Weight: b.Weight})
 		}
 		out.VIPs = append(out.VIPs, vi)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/control"
+	"github.com/tether-lb/tether/userspace/health"
 )
 
 // Source is what the collector reads at scrape time.
@@ -39,8 +40,8 @@ func NewEvents() *Events {
 		}, []string{"vip"}),
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_health_checks_total",
-			Help: "Health check probes by result.",
-		}, []string{"vip", "backend", "result"}),
+			Help: "Health check probes by result (success, failure, or inconclusive: timed out while the LB itself stalled) and, for failures, evidence (hard: the node is gone; soft: slow or unwell).",
+		}, []string{"vip", "backend", "result", "evidence"}),
 		checkLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tether_health_check_duration_seconds",
 			Help:    "Duration of health check probes.",
@@ -55,13 +56,18 @@ func (e *Events) TableBuilt(vip string, took time.Duration) {
 }
 
 // HealthChecked records one probe.
-func (e *Events) HealthChecked(vip, backend string, healthy bool, latency time.Duration) {
-	result := "failure"
-	if healthy {
-		result = "success"
+func (e *Events) HealthChecked(vip, backend string, r health.Result) {
+	result, evidence := "success", ""
+	switch {
+	case r.Inconclusive:
+		result = "inconclusive"
+	case health.IsHard(r.Err):
+		result, evidence = "failure", "hard"
+	case r.Err != nil:
+		result, evidence = "failure", "soft"
 	}
-	e.checks.WithLabelValues(vip, backend, result).Inc()
-	e.checkLatency.WithLabelValues(vip, backend).Observe(latency.Seconds())
+	e.checks.WithLabelValues(vip, backend, result, evidence).Inc()
+	e.checkLatency.WithLabelValues(vip, backend).Observe(r.Latency.Seconds())
 }
 
 // New returns the registry /metrics serves for a daemon whose maps are m:
@@ -93,6 +99,7 @@ type collector struct {
 	affinityEntries, affinityCap   *prometheus.Desc
 	backendState, backendWeight    *prometheus.Desc
 	backendHealthy, vipFailingOpen *prometheus.Desc
+	backendHealth, vipMassFailure  *prometheus.Desc
 	tableSwaps, attachInfo         *prometheus.Desc
 	startTime, active              *prometheus.Desc
 }
@@ -119,6 +126,8 @@ func newCollector(m maps.Maps, source Source, log *slog.Logger, affinityCapacity
 		backendWeight:   desc("tether_backend_weight", "The backend's weight.", "vip", "backend"),
 		backendHealthy:  desc("tether_backend_healthy", "1 if the backend's health checks pass (or it has none).", "vip", "backend"),
 		vipFailingOpen:  desc("tether_vip_failing_open", "1 if every backend of the VIP is down and tether forwards anyway.", "vip"),
+		backendHealth:   desc("tether_backend_health", "1 for what the backend's checks say: up, unhealthy (slow or unwell: no new clients, pinned ones stay for the session grace) or down (gone: its clients move).", "vip", "backend", "health"),
+		vipMassFailure:  desc("tether_vip_mass_failure", "1 while so many of the VIP's backends fail at once that every pinned client is kept where it is.", "vip"),
 		tableSwaps:      desc("tether_maglev_rebuilds_total", "Maglev tables built and swapped in since the daemon started.", "vip"),
 		attachInfo:      desc("tether_attach_info", "Where and how the XDP program is attached.", "interface", "mode", "program_id"),
 		startTime:       desc("tether_start_time_seconds", "When the daemon started, in Unix seconds."),
@@ -169,6 +178,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.tableSwaps, v.TableVersion, v.Name)
 		gauge(c.vipFailingOpen, boolValue(v.FailingOpen), v.Name)
+		gauge(c.vipMassFailure, boolValue(v.MassFailure), v.Name)
 		for _, b := range v.Backends {
 			if bc, err := c.maps.Counters(limits.BackendSlot(b.ID)); err != nil {
 				fail(err)
@@ -183,6 +193,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			gauge(c.backendWeight, float64(b.Weight), v.Name, b.Name)
 			gauge(c.backendHealthy, boolValue(b.Healthy || !b.Checked), v.Name, b.Name)
+			for _, h := range []health.State{health.Up, health.Unhealthy, health.Down} {
+				gauge(c.backendHealth, boolValue(b.Health == h || (h == health.Up && !b.Checked)), v.Name, b.Name, h.String())
+			}
 		}
 	}
 	if n, err := c.maps.AffinityCount(); err != nil {

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/tether-lb/tether/maps"
 	"github.com/tether-lb/tether/userspace/control"
+	"github.com/tether-lb/tether/userspace/health"
 )
 
 type inventory control.Inventory
@@ -33,8 +35,8 @@ func testSource() (*maps.Fake, inventory) {
 	_ = m.PutAffinity(maps.AffinityKey{VIPID: 1}, maps.Affinity{Backend: 3})
 	inv := inventory{
 		DatapathInfo: control.DatapathInfo{Interface: "eth0", Mode: "native", ProgramID: 42},
-		VIPs: []control.VIPInventory{{Name: "198.18.1.1:80/tcp", ID: 1, TableVersion: 2, Backends: []control.BackendInventory{
-			{Name: "b1", ID: 3, State: maps.BackendUp, Healthy: true, Checked: true, Weight: 1},
+		VIPs: []control.VIPInventory{{Name: "198.18.1.1:80/tcp", ID: 1, TableVersion: 2, MassFailure: true, Backends: []control.BackendInventory{
+			{Name: "b1", ID: 3, State: maps.BackendDraining, Health: health.Unhealthy, Checked: true, Weight: 1},
 		}}},
 	}
 	return m, inv
@@ -45,7 +47,7 @@ func TestCollectorReadsTheMaps(t *testing.T) {
 	events := NewEvents()
 	registry := New(m, inv, events, slog.New(slog.DiscardHandler), 1024, time.Unix(1000, 0))
 	events.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
-	events.HealthChecked("198.18.1.1:80/tcp", "b1", true, 2*time.Millisecond)
+	events.HealthChecked("198.18.1.1:80/tcp", "b1", health.Result{Latency: 2 * time.Millisecond})
 	want := `
 # HELP tether_packets_total Packets seen by the XDP program, by outcome.
 # TYPE tether_packets_total counter
@@ -73,6 +75,11 @@ func TestCollectorReadsTheMaps(t *testing.T) {
 		{"tether_maglev_rebuilds_total", `tether_maglev_rebuilds_total{vip="198.18.1.1:80/tcp"} 2`},
 		{"tether_attach_info", `tether_attach_info{interface="eth0",mode="native",program_id="42"} 1`},
 		{"tether_datapath_active", "tether_datapath_active 1"},
+		{"tether_backend_health", `tether_backend_health{backend="b1",health="unhealthy",vip="198.18.1.1:80/tcp"} 1`},
+		{"tether_backend_health", `tether_backend_health{backend="b1",health="up",vip="198.18.1.1:80/tcp"} 0`},
+		{"tether_backend_healthy", `tether_backend_healthy{backend="b1",vip="198.18.1.1:80/tcp"} 0`},
+		{"tether_vip_mass_failure", `tether_vip_mass_failure{vip="198.18.1.1:80/tcp"} 1`},
+		{"tether_health_checks_total", `tether_health_checks_total{backend="b1",evidence="",result="success",vip="198.18.1.1:80/tcp"} 1`},
 	} {
 		body, err := testutil.CollectAndFormat(registry, expfmt.TypeTextPlain, series.name)
 		if err != nil {
@@ -89,7 +96,7 @@ func TestCollectorPassesLint(t *testing.T) {
 	events := NewEvents()
 	registry := New(m, inv, events, slog.New(slog.DiscardHandler), 1024, time.Now())
 	events.TableBuilt("198.18.1.1:80/tcp", time.Millisecond)
-	events.HealthChecked("198.18.1.1:80/tcp", "b1", false, time.Millisecond)
+	events.HealthChecked("198.18.1.1:80/tcp", "b1", health.Result{Err: errors.New("refused"), Latency: time.Millisecond})
 	problems, err := testutil.GatherAndLint(registry)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +117,7 @@ func TestDashboardUsesRealMetrics(t *testing.T) {
 	events := NewEvents()
 	registry := New(m, inv, events, slog.New(slog.DiscardHandler), 1024, time.Now())
 	events.TableBuilt("v", time.Millisecond)
-	events.HealthChecked("v", "b", true, time.Millisecond)
+	events.HealthChecked("v", "b", health.Result{Latency: time.Millisecond})
 	families, err := registry.Gather()
 	if err != nil {
 		t.Fatal(err)
