@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -52,6 +53,8 @@ func TestFlappingMovesNoOtherClient(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	var detections []time.Duration
 	for round := range 3 {
+		// A kill falls anywhere between two probes, not just after one.
+		time.Sleep(rand.N(time.Second))
 		killed := time.Now()
 		c.stopNode(nodeName(2))
 		waitForHealth(t, c, nodeName(2), "down", 6*time.Second)
