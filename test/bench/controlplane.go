@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,9 +42,13 @@ type HealthResult struct {
 	Kind         string
 	Targets      int
 	Interval     time.Duration
+	Busy         bool    // every core ran a busy loop meanwhile
 	CoresUsed    float64 // CPU seconds per second of the checking process
 	ProbesPerSec float64
 	Failures     int64
+	Inconclusive int64   // timeouts while the checker itself stalled
+	LateP50Ms    float64 // how long after its due time a probe started
+	LateP99Ms    float64
 }
 
 // ControlResults are the control-plane measurements.
@@ -154,21 +160,33 @@ func measureControlPlane(l *lab, dp *benchDatapath, cfg ControlConfig, progress 
 	}
 	results.ScanMs = scan.median("scan")
 
+	// Each kind on an idle machine, then the last with both cores busy.
+	var runs []healthRun
 	for _, kind := range cfg.HealthKinds {
-		fmt.Fprintf(progress, "control plane: %s health checks of %d backends every %s\n", kind, cfg.HealthTargets, cfg.HealthInterval)
-		r, err := measureHealthCPU(l, cfg, kind)
+		runs = append(runs, healthRun{kind: kind})
+	}
+	runs = append(runs, healthRun{kind: cfg.HealthKinds[len(cfg.HealthKinds)-1], busy: true})
+	for _, run := range runs {
+		fmt.Fprintf(progress, "control plane: %s health checks of %d backends every %s (busy cores: %t)\n", run.kind, cfg.HealthTargets, cfg.HealthInterval, run.busy)
+		r, err := measureHealthCPU(l, cfg, run.kind, run.busy)
 		if err != nil {
-			return nil, fmt.Errorf("measuring %s health checks: %w", kind, err)
+			return nil, fmt.Errorf("measuring %s health checks: %w", run.kind, err)
 		}
 		results.Health = append(results.Health, r)
 	}
 	return results, nil
 }
 
+// healthRun is one measurement of the health checker.
+type healthRun struct {
+	kind string
+	busy bool // a busy loop on every core while it runs
+}
+
 // measureHealthCPU serves cfg.HealthTargets backends on loopback in a
 // namespace of its own and runs the checker as a separate process there,
 // so its CPU time holds the checks and nothing of the backends' side.
-func measureHealthCPU(l *lab, cfg ControlConfig, kind string) (HealthResult, error) {
+func measureHealthCPU(l *lab, cfg ControlConfig, kind string, busy bool) (HealthResult, error) {
 	ns, err := l.netns("health-" + kind)
 	if err != nil {
 		return HealthResult{}, err
@@ -206,7 +224,7 @@ func measureHealthCPU(l *lab, cfg ControlConfig, kind string) (HealthResult, err
 
 	child := exec.Command("ip", "netns", "exec", ns.Name, cfg.ChildExecutable, healthChildFlag,
 		"-kind", kind, "-interval", cfg.HealthInterval.String(), "-warmup", cfg.HealthWarmup.String(),
-		"-window", cfg.HealthWindow.String(), "-workers", fmt.Sprint(cfg.HealthWorkers))
+		"-window", cfg.HealthWindow.String(), "-workers", fmt.Sprint(cfg.HealthWorkers), fmt.Sprintf("-busy=%t", busy))
 	child.Stdin = &targets
 	var stderr bytes.Buffer
 	child.Stderr = &stderr
@@ -265,6 +283,7 @@ func RunHealthChild(args []string, in io.Reader, out io.Writer) error {
 	warmup := fs.Duration("warmup", 2*time.Second, "time before measuring")
 	window := fs.Duration("window", 10*time.Second, "time measured")
 	workers := fs.Int("workers", 32, "checks in flight at most")
+	busy := fs.Bool("busy", false, "run a busy loop on every core while measuring")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -272,8 +291,10 @@ func RunHealthChild(args []string, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var probes, failures atomic.Int64
+	var probes, failures, inconclusive atomic.Int64
 	var measuring atomic.Bool
+	var lateMu sync.Mutex
+	late := samples{}
 	scheduler := health.NewScheduler(*workers)
 	lines := bufio.NewScanner(in)
 	targets := 0
@@ -294,14 +315,28 @@ func RunHealthChild(args []string, in io.Reader, out io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go scheduler.Run(ctx, func(r health.Result) {
-		if measuring.Load() {
-			probes.Add(1)
-			if r.Err != nil {
-				failures.Add(1)
-			}
+		if !measuring.Load() {
+			return
 		}
+		probes.Add(1)
+		switch {
+		case r.Inconclusive:
+			inconclusive.Add(1)
+		case r.Err != nil:
+			failures.Add(1)
+		}
+		lateMu.Lock()
+		late.add("late", float64(r.Late.Microseconds())/1e3)
+		lateMu.Unlock()
 	})
 	time.Sleep(*warmup)
+	if *busy {
+		stop, err := busyLoops(*window)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	before, err := ownCPU()
 	if err != nil {
 		return err
@@ -315,12 +350,38 @@ func RunHealthChild(args []string, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	lateMu.Lock()
+	defer lateMu.Unlock()
 	return json.NewEncoder(out).Encode(HealthResult{
-		Kind: *kind, Targets: targets, Interval: *interval,
+		Kind: *kind, Targets: targets, Interval: *interval, Busy: *busy,
 		CoresUsed:    (after - before).Seconds() / elapsed.Seconds(),
 		ProbesPerSec: float64(probes.Load()) / elapsed.Seconds(),
 		Failures:     failures.Load(),
+		Inconclusive: inconclusive.Load(),
+		LateP50Ms:    late.quantile("late", 0.5),
+		LateP99Ms:    late.quantile("late", 0.99),
 	})
+}
+
+// busyLoops keeps every core busy for at most limit, in processes of
+// their own; stop ends them sooner.
+func busyLoops(limit time.Duration) (stop func(), err error) {
+	var loops []*exec.Cmd
+	stop = func() {
+		for _, loop := range loops {
+			_ = loop.Process.Kill()
+			_ = loop.Wait()
+		}
+	}
+	for range runtime.NumCPU() {
+		loop := exec.Command("timeout", fmt.Sprint(int(limit.Seconds())+1), "sh", "-c", "while :; do :; done")
+		if err := loop.Start(); err != nil {
+			stop()
+			return nil, fmt.Errorf("starting a busy loop: %w", err)
+		}
+		loops = append(loops, loop)
+	}
+	return stop, nil
 }
 
 // ownCPU is the user and system time of this process.

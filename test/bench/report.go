@@ -331,8 +331,12 @@ func (r *Results) writeControl(b *strings.Builder) {
 	w("| affinity table scan: counting its %d entries in place through the daemon's mapping, as each /metrics scrape does (median of %d) | %.1f ms |\n",
 		c.ScanEntries, c.Rounds, c.ScanMs)
 	for _, h := range c.Health {
-		w("| health checks, %s, %d backends every %s (userspace/health Scheduler, %d workers, own process; targets on loopback) | %.3f CPU s/s (%.0f checks/s, %d failed) |\n",
-			h.Kind, h.Targets, h.Interval, r.Config.Control.HealthWorkers, h.CoresUsed, h.ProbesPerSec, h.Failures)
+		load := "idle machine"
+		if h.Busy {
+			load = "a busy loop on every core"
+		}
+		w("| health checks, %s, %d backends every %s, %s (userspace/health Scheduler, %d workers, own process; targets on loopback) | %.3f CPU s/s (%.0f checks/s, %d failed, %d inconclusive); probe start after its due time p50 %.2f ms, p99 %.2f ms |\n",
+			h.Kind, h.Targets, h.Interval, load, r.Config.Control.HealthWorkers, h.CoresUsed, h.ProbesPerSec, h.Failures, h.Inconclusive, h.LateP50Ms, h.LateP99Ms)
 	}
 	w("\n")
 }

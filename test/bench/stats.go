@@ -41,3 +41,15 @@ func ratio(a, b float64) float64 {
 	}
 	return a / b
 }
+
+// quantile q (0 to 1) of the variant's samples, nearest rank; 0 when it
+// has none.
+func (s samples) quantile(name string, q float64) float64 {
+	values := s[name]
+	if len(values) == 0 {
+		return 0
+	}
+	sorted := slices.Clone(values)
+	slices.Sort(sorted)
+	return sorted[min(len(sorted)-1, int(q*float64(len(sorted))))]
+}

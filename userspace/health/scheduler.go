@@ -22,6 +22,7 @@ type Result struct {
 	Changed bool           // this result moved State
 	Reason  string         // why State changed; empty when Changed is false
 	Latency time.Duration  // how long the probe took
+	Late    time.Duration  // how long after its due time the probe started
 	Err     error          // nil when the probe succeeded; see IsHard
 	// Inconclusive: the probe timed out while this process could not run
 	// on time, so it says nothing of the backend and was not counted.
@@ -337,7 +338,8 @@ func (s *Scheduler) record(job probeJob, err error, inconclusive bool, started t
 	scheduled.lastError = err
 	scheduled.lastLatency = latency
 	scheduled.lastCheck = started
-	result := Result{ID: job.id, Target: job.target, State: scheduled.tracker.State(), Latency: latency, Err: err, Inconclusive: inconclusive}
+	result := Result{ID: job.id, Target: job.target, State: scheduled.tracker.State(), Latency: latency,
+		Late: max(started.Sub(job.due), 0), Err: err, Inconclusive: inconclusive}
 	if !inconclusive {
 		result.Changed, result.State, result.Reason = scheduled.tracker.Observe(err)
 	}
