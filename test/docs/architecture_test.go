@@ -39,27 +39,37 @@ func TestArchitectureReferences(t *testing.T) {
 			continue
 		}
 		n, _ := strconv.Atoi(line)
-		got, ok := lineOf(t, target, n)
+		lines := linesOf(t, target)
 		symbol := strings.TrimSuffix(name[strings.LastIndex(name, ".")+1:], "()")
-		if !ok || !strings.Contains(got, symbol) {
-			t.Errorf("%s: line %d of %s is %q, which does not name %s", ref[0], n, path, got, symbol)
+		if n < 1 || n > len(lines) || !strings.Contains(lines[n-1], symbol) {
+			t.Errorf("%s: line %d of %s does not name %s; %s", ref[0], n, path, symbol, whereNow(lines, symbol))
 		}
 	}
 }
 
-func lineOf(t *testing.T, path string, n int) (string, bool) {
+func linesOf(t *testing.T, path string) []string {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatalf("opening %s: %v", path, err)
 	}
 	defer f.Close()
-	lines := bufio.NewScanner(f)
-	lines.Buffer(make([]byte, 1<<20), 1<<20)
-	for i := 1; lines.Scan(); i++ {
-		if i == n {
-			return lines.Text(), true
+	var lines []string
+	scanner := bufio.NewScanner(f)
+	scanner.Buffer(make([]byte, 1<<20), 1<<20)
+	for scanner.Scan() {
+		lines = append(lines, scanner.Text())
+	}
+	return lines
+}
+
+// whereNow says where symbol is declared now, to fix the link with.
+func whereNow(lines []string, symbol string) string {
+	declaration := regexp.MustCompile(`^(func (\([^)]*\) )?|type |var |\t)` + regexp.QuoteMeta(symbol) + `\b|^\S.*\b` + regexp.QuoteMeta(symbol) + `\(`)
+	for i, l := range lines {
+		if declaration.MatchString(l) {
+			return "it is declared at line " + strconv.Itoa(i+1) + " now"
 		}
 	}
-	return "", false
+	return "it is not declared there any more"
 }

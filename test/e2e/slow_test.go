@@ -49,6 +49,28 @@ func requireSessionsKept(t *testing.T, what string, final totals, late func(clie
 	}
 }
 
+// steadyClients starts the usual 200 clients on the first addresses and
+// lets them settle.
+func (c *cluster) steadyClients() *clients {
+	run := c.startClients(c.clientAddrs()[:steadyAddrs], clientCount)
+	run.waitConnected(60 * time.Second)
+	time.Sleep(settle)
+	return run
+}
+
+// requireNothingBroken stops the clients and fails unless every session
+// was kept (late answers allowed) and no request got Session ID unknown.
+func (c *cluster) requireNothingBroken(run *clients, scenario string) {
+	c.t.Helper()
+	final := run.stop()
+	unknown := c.sessionUnknown()
+	requireSessionsKept(c.t, scenario, final, all)
+	if unknown != 0 {
+		c.t.Fatalf("%s: %d requests got HTTP 400 Session ID unknown", scenario, unknown)
+	}
+	summary(c.t, scenario, final, unknown)
+}
+
 func on(node string) func(clientDetail) bool {
 	return func(d clientDetail) bool { return len(d.Nodes) > 0 && d.Nodes[0] == node }
 }
@@ -112,9 +134,7 @@ func (c *cluster) routedNode(addr netip.Addr) string {
 func TestFrozenNodeKeepsSessions(t *testing.T) {
 	c := newCluster(t, clusterOptions{prefix: "e2frz", backends: 3, inTether: 3})
 	addrs := c.clientAddrs()
-	steady := c.startClients(addrs[:steadyAddrs], clientCount)
-	steady.waitConnected(60 * time.Second)
-	time.Sleep(settle)
+	steady := c.steadyClients()
 
 	frozen := nodeName(1)
 	c.freeze(frozen)
@@ -156,22 +176,14 @@ func TestFrozenNodeKeepsSessions(t *testing.T) {
 // TestAllNodesFrozen freezes every node for 3 s: nothing is moved.
 func TestAllNodesFrozen(t *testing.T) {
 	c := newCluster(t, clusterOptions{prefix: "e2fza", backends: 3, inTether: 3})
-	run := c.startClients(c.clientAddrs()[:steadyAddrs], clientCount)
-	run.waitConnected(60 * time.Second)
-	time.Sleep(settle)
+	run := c.steadyClients()
 	names := []string{nodeName(0), nodeName(1), nodeName(2)}
 	c.freeze(names...)
 	t.Cleanup(func() { c.thaw(names...) })
 	time.Sleep(3 * time.Second)
 	c.thaw(names...)
 	time.Sleep(2 * settle)
-	final := run.stop()
-	unknown := c.sessionUnknown()
-	requireSessionsKept(t, "all nodes frozen 3 s", final, all)
-	if unknown != 0 {
-		t.Fatalf("%d requests got HTTP 400 Session ID unknown", unknown)
-	}
-	summary(t, "all nodes frozen 3 s", final, unknown)
+	c.requireNothingBroken(run, "all nodes frozen 3 s")
 }
 
 // TestStarvedLoadBalancer runs a busy loop on every core in the LB's
@@ -179,9 +191,7 @@ func TestAllNodesFrozen(t *testing.T) {
 // here, so they starve too): nothing is moved.
 func TestStarvedLoadBalancer(t *testing.T) {
 	c := newCluster(t, clusterOptions{prefix: "e2cpu", backends: 3, inTether: 3})
-	run := c.startClients(c.clientAddrs()[:steadyAddrs], clientCount)
-	run.waitConnected(60 * time.Second)
-	time.Sleep(settle)
+	run := c.steadyClients()
 	var loops []*exec.Cmd
 	for range runtime.NumCPU() {
 		loop := exec.Command("nsenter", "--net=/run/netns/"+c.net.LB.Name, "timeout", "10", "sh", "-c", "while :; do :; done")
@@ -195,13 +205,7 @@ func TestStarvedLoadBalancer(t *testing.T) {
 		_ = loop.Wait()
 	}
 	time.Sleep(2 * settle)
-	final := run.stop()
-	unknown := c.sessionUnknown()
-	requireSessionsKept(t, "LB starved 10 s", final, all)
-	if unknown != 0 {
-		t.Fatalf("%d requests got HTTP 400 Session ID unknown", unknown)
-	}
-	summary(t, "LB starved of CPU 10 s", final, unknown)
+	c.requireNothingBroken(run, "LB starved of CPU 10 s")
 }
 
 // TestThousandClientsAtOnce starts 1000 clients at the same moment: the
@@ -211,17 +215,7 @@ func TestThousandClientsAtOnce(t *testing.T) {
 	run := c.startClients(c.clientAddrs(), 1000)
 	run.waitConnected(90 * time.Second)
 	time.Sleep(2 * settle)
-	final := run.stop()
-	unknown := c.sessionUnknown()
-	for _, d := range final.Detail {
-		if len(d.Nodes) != 1 || d.Disconnects != 0 {
-			t.Fatalf("1000 clients at once: client from %s lost its session: nodes %v, %d errors %v", d.Addr, d.Nodes, d.errors(), d.Reasons)
-		}
-	}
-	if unknown != 0 {
-		t.Fatalf("%d requests got HTTP 400 Session ID unknown", unknown)
-	}
-	summary(t, "1000 clients at once", final, unknown)
+	c.requireNothingBroken(run, "1000 clients at once")
 }
 
 // TestFrozenPastTheGrace freezes a node longer than a 5 s session grace:
@@ -231,9 +225,7 @@ func TestFrozenPastTheGrace(t *testing.T) {
 	const grace = 5 * time.Second
 	c := newCluster(t, clusterOptions{prefix: "e2grc", backends: 3, inTether: 3, vipFlags: []string{"--session-grace", grace.String()}})
 	addrs := c.clientAddrs()[:steadyAddrs]
-	run := c.startClients(addrs, clientCount)
-	run.waitConnected(60 * time.Second)
-	time.Sleep(settle)
+	run := c.steadyClients()
 	frozen := nodeName(2)
 	i := slices.IndexFunc(addrs, func(a netip.Addr) bool { return c.routedNode(a) == frozen })
 	if i < 0 {
