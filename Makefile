@@ -57,7 +57,7 @@ test: deps node-deps ## run every test (as root: BPF, netns and end-to-end tests
 FUZZTIME ?= 20s
 FUZZ_TARGETS := test/datapath:FuzzDatapath userspace/control:FuzzParseConfig userspace/control:FuzzAPIRequests userspace/control:FuzzParsers
 
-fuzz: ## run each fuzz target for FUZZTIME (default 20s); FuzzDatapath needs root
+fuzz: ## run each fuzz target for FUZZTIME (default 20s, or a count such as 20000x); FuzzDatapath needs root
 	@set -e; for target in $(FUZZ_TARGETS); do \
 		pkg=$${target%%:*}; name=$${target##*:}; \
 		echo "fuzzing $$name in ./$$pkg for $(FUZZTIME)"; \
