@@ -7,12 +7,16 @@
  * client may sit in any of the bucket's AFFINITY_WAYS entries; a lookup
  * reads that one bucket, where a hash map walks a chain of random elements.
  *
- * An insert reuses the client's own entry if it has one, else takes the
- * first empty way, else the way seen least recently (the first of equals):
- * the table evicts like an LRU, bucket by bucket. A way a writer holds is
- * never a victim: a user-space writer killed in the middle of a write (the
- * daemon only deletes; tests and make bench write) costs its bucket that
- * one way, not its inserts.
+ * A new client is admitted on probation (ROUTE_PROBATION in its route) and
+ * established once it proves itself real (tether.c says how). An insert
+ * reuses the client's own entry if it has one, else takes the first empty
+ * way, else the least recently seen way that holds a client on probation
+ * or whose entry has expired (the first of equals). A fresh established
+ * client is never a victim: a flood of forged sources, which never prove
+ * themselves, only churns the ways on probation. A way a writer holds is
+ * never a victim either: a user-space writer killed in the middle of a
+ * write (the daemon only deletes; tests and make bench write) costs its
+ * bucket that one way, not its inserts.
  *
  * CPUs share the table without locks. A writer claims a way by swapping its
  * route for ROUTE_BUSY (compare-and-swap: of two writers only one wins), then
@@ -36,21 +40,23 @@
 #include "structs.h"
 #include "maps.h"
 
-/* A claimed way. Its vip_id, 0xffff, is never a VIP's (max_vips <= 0xffff),
+/* A claimed way. Its vip_id, 0x7fff, is never a VIP's (max_vips <= 0x7fff),
  * but affinity_find does not rely on the loader for that. */
 #define ROUTE_BUSY (~0ULL)
 
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
 
-/* An entry's route: vip_id in the low 16 bits, backend_id in the next 16,
- * the backend's generation in the high 32. */
+/* An entry's route: vip_id in the low 15 bits, the probation flag in bit
+ * 15, backend_id in the next 16, the backend's generation in the high 32. */
 enum route_layout {
-	ROUTE_ID_MASK = 0xffff, /* of vip_id and of backend_id */
+	ROUTE_VIP_MASK = 0x7fff,
+	ROUTE_PROBATION = 0x8000, /* admitted, not yet proven real */
+	ROUTE_ID_MASK = 0xffff,   /* of backend_id */
 	ROUTE_BACKEND_SHIFT = 16,
 	ROUTE_GENERATION_SHIFT = 32,
 };
 
-/* vip_id < max_vips <= 0xffff and backend_id < max backends <= 0x10000,
+/* vip_id < max_vips <= 0x7fff and backend_id < max backends <= 0x10000,
  * which the loader checks. */
 static __always_inline __u64 route_make(__u32 vip_id, __u32 backend_id,
 					__u32 generation)
@@ -61,7 +67,7 @@ static __always_inline __u64 route_make(__u32 vip_id, __u32 backend_id,
 
 static __always_inline __u32 route_vip(__u64 route)
 {
-	return route & ROUTE_ID_MASK;
+	return route & ROUTE_VIP_MASK;
 }
 
 static __always_inline __u32 route_backend(__u64 route)
@@ -150,14 +156,27 @@ affinity_find(struct affinity_bucket *b, __u32 vip_id, const __u8 *client,
 	return NULL;
 }
 
-/* The way an insert of a client without an entry takes, and its route: the
- * first empty way, else the least recently seen one that no writer holds
- * (the first of equals). If writers hold them all, way 0, busy: the insert
- * fails. */
+/* Whether a stamp is fresh at now: at most timeout old, or at most
+ * MAX_CLOCK_SKEW_NS ahead. The rule of affinity entries and of the
+ * watchdog. */
+static __always_inline int fresh(__u64 now, __u64 stamp, __u64 timeout)
+{
+	if (now < stamp)
+		return stamp - now <= MAX_CLOCK_SKEW_NS;
+	return now - stamp <= timeout;
+}
+
+/* The way a new client takes, and its route: the first empty way, else the
+ * least recently seen one on probation or not fresh by timeout that no
+ * writer holds (the first of equals). NULL when every way holds a fresh
+ * established client: no room. When writers hold all the others, way 0,
+ * busy: the insert fails. */
 static __always_inline struct affinity_entry *
-affinity_victim(struct affinity_bucket *b, __u64 *route)
+affinity_victim(struct affinity_bucket *b, __u64 now, __u64 timeout,
+		__u64 *route)
 {
 	struct affinity_entry *victim = NULL;
+	int busy = 0;
 
 #pragma unroll
 	for (int w = 0; w < AFFINITY_WAYS; w++) {
@@ -168,13 +187,19 @@ affinity_victim(struct affinity_bucket *b, __u64 *route)
 			*route = 0;
 			return e;
 		}
-		if (r != ROUTE_BUSY &&
-		    (!victim || e->last_seen_ns < victim->last_seen_ns))
+		if (r == ROUTE_BUSY) {
+			busy = 1;
+			continue;
+		}
+		if (!(r & ROUTE_PROBATION) &&
+		    fresh(now, e->last_seen_ns, timeout))
+			continue;
+		if (!victim || e->last_seen_ns < victim->last_seen_ns)
 			victim = e;
 	}
 	if (!victim) {
 		*route = ROUTE_BUSY;
-		return &b->way[0];
+		return busy ? &b->way[0] : NULL;
 	}
 	*route = READ_ONCE_U64(victim->route);
 	return victim;

@@ -26,11 +26,15 @@ enum time_limit_ms {
 	 * little, a bogus stamp must not make an entry or the watchdog fresh
 	 * forever. */
 	MAX_CLOCK_SKEW_MS = 1000,
+	/* A UDP client on probation proves itself real by sending again
+	 * this long after it was admitted (UDP has no handshake). */
+	AFFINITY_PROBATION_MS = 1000,
 };
 
 #define NS_PER_MS 1000000ULL
 #define AFFINITY_REFRESH_NS (AFFINITY_REFRESH_MS * NS_PER_MS)
 #define MAX_CLOCK_SKEW_NS (MAX_CLOCK_SKEW_MS * NS_PER_MS)
+#define AFFINITY_PROBATION_NS (AFFINITY_PROBATION_MS * NS_PER_MS)
 
 enum family {
 	FAMILY_IPV4 = 4,
@@ -81,9 +85,14 @@ enum affinity_event {
 	AFFINITY_STALE,   /* entry's backend gone, down or re-generated */
 	AFFINITY_INSERT,  /* Maglev's choice written to the map */
 	AFFINITY_INSERT_FAILED,
-	/* The insert took the place of another client's entry that was fresh
-	 * by this VIP's timeout: the table is too small for the clients. */
-	AFFINITY_EVICT,
+	/* A new client took the place of another client's fresh entry, one
+	 * on probation (a fresh established entry is never taken). */
+	AFFINITY_EVICT_PROBATION,
+	/* A client on probation proved itself real: established. */
+	AFFINITY_PROMOTE,
+	/* No room for a new client: every way of its bucket holds a fresh
+	 * established client. It is forwarded by Maglev's choice, unpinned. */
+	AFFINITY_FULL,
 	AFFINITY_EVENT_MAX,
 };
 

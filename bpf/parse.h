@@ -34,7 +34,8 @@ struct ipv6_frag {
 struct packet {
 	struct vip_key key; /* destination; port 0 for port-less fragments */
 	__u8 source[16];
-	__u8 fragment; /* a fragment without the L4 header: no ports */
+	__u8 fragment;  /* a fragment without the L4 header: no ports */
+	__u8 tcp_flags; /* byte 13 of the TCP header: FIN, SYN, RST, ACK... */
 };
 
 /* ip_end is where the IP packet ends by its own length: Ethernet padding
@@ -51,6 +52,7 @@ static __always_inline int parse_l4(void *l4, void *data_end, void *ip_end,
 		if (tcp->doff < 5 || l4 + tcp->doff * 4 > ip_end)
 			return OUTCOME_DROP_MALFORMED_L4;
 		pkt->key.port = tcp->dest;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
 	} else if (proto == IPPROTO_UDP) {
 		struct udphdr *udp = l4;
 

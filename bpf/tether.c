@@ -177,11 +177,67 @@ static __always_inline int forward(struct xdp_md *ctx, const struct backend *be)
 	return OUTCOME_DROP_TX_PORT_MISSING;
 }
 
-static __always_inline int fresh(__u64 now, __u64 stamp, __u64 timeout)
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* A packet admits a client without an entry, on probation, when it opens
+ * a conversation: a TCP SYN (no ACK, no RST), or any UDP datagram. Anything
+ * else from an unknown source (a bare ACK, a fragment) is forwarded by
+ * Maglev's choice and leaves no trace. */
+static __always_inline int admits(const struct packet *pkt)
 {
-	if (now < stamp)
-		return stamp - now <= MAX_CLOCK_SKEW_NS;
-	return now - stamp <= timeout;
+	if (pkt->fragment)
+		return 0;
+	if (pkt->key.proto == IPPROTO_UDP)
+		return 1;
+	return (pkt->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+}
+
+/* A client on probation proves itself real with a later TCP segment that
+ * is neither SYN nor RST (the handshake went on), or a UDP datagram sent
+ * AFFINITY_PROBATION_NS or more after it was admitted. */
+static __always_inline int proves(const struct packet *pkt, __u64 now,
+				  __u64 admitted)
+{
+	if (pkt->fragment)
+		return 0;
+	if (pkt->key.proto == IPPROTO_UDP)
+		return now >= admitted + AFFINITY_PROBATION_NS;
+	return !(pkt->tcp_flags & (TCP_SYN | TCP_RST));
+}
+
+/* Writes the client's new backend into its bucket: into entry, its own
+ * way, when it has one (seen is its route), else into a victim way, on
+ * probation. Counts the affinity events of the write. */
+static __always_inline void pin(struct affinity_bucket *bucket,
+				struct affinity_entry *entry, __u64 seen,
+				const __u8 *client, const struct vip_info *vip,
+				__u32 id, __u32 generation, __u64 probation,
+				__u64 now, struct result *res)
+{
+	int evict = 0;
+
+	if (!entry) {
+		entry = affinity_victim(bucket, now, vip->affinity_timeout_ns,
+					&seen);
+		if (!entry) {
+			res->affinity_events |= 1 << AFFINITY_FULL;
+			return;
+		}
+		evict = seen != 0 && seen != ROUTE_BUSY &&
+			fresh(now, entry->last_seen_ns,
+			      vip->affinity_timeout_ns);
+	}
+	if (affinity_write(entry, seen, client,
+			   route_make(vip->vip_id, id, generation) | probation,
+			   now)) {
+		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
+		return;
+	}
+	res->affinity_events |= 1 << AFFINITY_INSERT;
+	if (evict)
+		res->affinity_events |= 1 << AFFINITY_EVICT_PROBATION;
 }
 
 static __always_inline int balance(struct xdp_md *ctx, struct result *res)
@@ -191,13 +247,13 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 	struct packet pkt = {};
 	__u8 client[16] __attribute__((aligned(8)));
 	struct affinity_bucket *bucket;
-	struct affinity_entry *entry, *target;
+	struct affinity_entry *entry;
 	struct lb_settings *cfg;
 	struct vip_info *vip;
 	struct backend *be;
 	__u32 zero = 0, id;
-	__u64 now, route = 0, seen, *salt;
-	int ret, evict = 0;
+	__u64 now, route = 0, probation, *salt;
+	int ret;
 
 	cfg = bpf_map_lookup_elem(&settings, &zero);
 	if (!cfg || !cfg->active)
@@ -229,9 +285,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 			affinity_hash(*salt, vip->vip_id, client));
 	entry = bucket ? affinity_find(bucket, vip->vip_id, client, &route) :
 			 NULL;
+	probation = ROUTE_PROBATION;
 	if (!entry) {
 		res->affinity_events |= 1 << AFFINITY_MISS;
 	} else if (!fresh(now, entry->last_seen_ns, vip->affinity_timeout_ns)) {
+		/* Back after the timeout: admitted afresh, into its way. */
 		res->affinity_events |= 1 << AFFINITY_EXPIRED;
 	} else {
 		id = route_backend(route);
@@ -240,11 +298,21 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		    backend_usable(be)) {
 			res->affinity_events |= 1 << AFFINITY_HIT;
 			res->backend_id = id;
-			if (now > entry->last_seen_ns + AFFINITY_REFRESH_NS)
-				entry->last_seen_ns = now;
+			if (!(route & ROUTE_PROBATION)) {
+				if (now >
+				    entry->last_seen_ns + AFFINITY_REFRESH_NS)
+					entry->last_seen_ns = now;
+			} else if (proves(&pkt, now, entry->last_seen_ns) &&
+				   !affinity_write(entry, route, client,
+						   route & ~ROUTE_PROBATION,
+						   now)) {
+				res->affinity_events |= 1 << AFFINITY_PROMOTE;
+			}
 			return forward(ctx, be);
 		}
+		/* Its backend is gone: it keeps its standing with the next. */
 		res->affinity_events |= 1 << AFFINITY_STALE;
+		probation = route & ROUTE_PROBATION;
 	}
 
 	id = maglev_backend(vip, client_hash(cfg->seed, client));
@@ -253,26 +321,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		return no_backend(vip);
 	res->backend_id = id;
 
-	if (!bucket) {
+	if (!bucket)
 		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
-		return forward(ctx, be);
-	}
-	if (entry) {
-		target = entry;
-		seen = route;
-	} else {
-		target = affinity_victim(bucket, &seen);
-		evict = seen != 0 && fresh(now, target->last_seen_ns,
-					   vip->affinity_timeout_ns);
-	}
-	if (affinity_write(target, seen, client,
-			   route_make(vip->vip_id, id, be->generation), now)) {
-		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
-	} else {
-		res->affinity_events |= 1 << AFFINITY_INSERT;
-		if (evict)
-			res->affinity_events |= 1 << AFFINITY_EVICT;
-	}
+	else if (!probation || admits(&pkt))
+		pin(bucket, entry, route, client, vip, id, be->generation,
+		    probation, now, res);
 	return forward(ctx, be);
 }
 

@@ -36,7 +36,7 @@ func DefaultOptions() Options {
 // holds the VIP id and the backend id in 16 bits each, and VIP id 0xffff
 // marks a way being written (ROUTE_BUSY in bpf/affinity.h).
 const (
-	MaxVIPsLimit          = 0xffff
+	MaxVIPsLimit          = 0x7fff
 	MaxBackendsLimit      = 0x10000
 	AffinityCapacityLimit = 1 << 26
 )

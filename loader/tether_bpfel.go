@@ -28,14 +28,16 @@ type TetherAffinityEntry struct {
 type TetherAffinityEvent uint32
 
 const (
-	TetherAffinityEventAFFINITY_HIT           TetherAffinityEvent = 0
-	TetherAffinityEventAFFINITY_MISS          TetherAffinityEvent = 1
-	TetherAffinityEventAFFINITY_EXPIRED       TetherAffinityEvent = 2
-	TetherAffinityEventAFFINITY_STALE         TetherAffinityEvent = 3
-	TetherAffinityEventAFFINITY_INSERT        TetherAffinityEvent = 4
-	TetherAffinityEventAFFINITY_INSERT_FAILED TetherAffinityEvent = 5
-	TetherAffinityEventAFFINITY_EVICT         TetherAffinityEvent = 6
-	TetherAffinityEventAFFINITY_EVENT_MAX     TetherAffinityEvent = 7
+	TetherAffinityEventAFFINITY_HIT             TetherAffinityEvent = 0
+	TetherAffinityEventAFFINITY_MISS            TetherAffinityEvent = 1
+	TetherAffinityEventAFFINITY_EXPIRED         TetherAffinityEvent = 2
+	TetherAffinityEventAFFINITY_STALE           TetherAffinityEvent = 3
+	TetherAffinityEventAFFINITY_INSERT          TetherAffinityEvent = 4
+	TetherAffinityEventAFFINITY_INSERT_FAILED   TetherAffinityEvent = 5
+	TetherAffinityEventAFFINITY_EVICT_PROBATION TetherAffinityEvent = 6
+	TetherAffinityEventAFFINITY_PROMOTE         TetherAffinityEvent = 7
+	TetherAffinityEventAFFINITY_FULL            TetherAffinityEvent = 8
+	TetherAffinityEventAFFINITY_EVENT_MAX       TetherAffinityEvent = 9
 )
 
 type TetherBackend struct {
@@ -69,7 +71,7 @@ type TetherLbCounters struct {
 	_        structs.HostLayout
 	Packets  [18]uint64
 	Bytes    [18]uint64
-	Affinity [7]uint64
+	Affinity [9]uint64
 }
 
 type TetherLbSettings struct {
@@ -115,6 +117,8 @@ const (
 type TetherRouteLayout uint32
 
 const (
+	TetherRouteLayoutROUTE_VIP_MASK         TetherRouteLayout = 32767
+	TetherRouteLayoutROUTE_PROBATION        TetherRouteLayout = 32768
 	TetherRouteLayoutROUTE_ID_MASK          TetherRouteLayout = 65535
 	TetherRouteLayoutROUTE_BACKEND_SHIFT    TetherRouteLayout = 16
 	TetherRouteLayoutROUTE_GENERATION_SHIFT TetherRouteLayout = 32
@@ -123,8 +127,9 @@ const (
 type TetherTimeLimitMs uint32
 
 const (
-	TetherTimeLimitMsAFFINITY_REFRESH_MS TetherTimeLimitMs = 1000
-	TetherTimeLimitMsMAX_CLOCK_SKEW_MS   TetherTimeLimitMs = 1000
+	TetherTimeLimitMsAFFINITY_REFRESH_MS   TetherTimeLimitMs = 1000
+	TetherTimeLimitMsMAX_CLOCK_SKEW_MS     TetherTimeLimitMs = 1000
+	TetherTimeLimitMsAFFINITY_PROBATION_MS TetherTimeLimitMs = 1000
 )
 
 type TetherVipCacheEntry struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/tether-lb/tether/loader"
 )
@@ -21,8 +22,11 @@ const (
 	// AffinityWays is the number of entries of a bucket.
 	AffinityWays = len(loader.TetherAffinityBucket{}.Way)
 	routeBusy    = ^uint64(0) // ROUTE_BUSY
-	// maxRouteID bounds the VIP and backend ids an entry holds.
+	// maxRouteID bounds the backend ids an entry holds, maxRouteVIP its
+	// VIP ids.
 	maxRouteID           = uint32(loader.TetherRouteLayoutROUTE_ID_MASK)
+	maxRouteVIP          = uint32(loader.TetherRouteLayoutROUTE_VIP_MASK)
+	routeProbation       = uint64(loader.TetherRouteLayoutROUTE_PROBATION)
 	routeBackendShift    = loader.TetherRouteLayoutROUTE_BACKEND_SHIFT
 	routeGenerationShift = loader.TetherRouteLayoutROUTE_GENERATION_SHIFT
 )
@@ -55,17 +59,26 @@ func AffinityBucket(buckets uint32, salt uint64, key AffinityKey) uint32 {
 }
 
 func makeRoute(vipID uint32, a Affinity) uint64 {
-	return uint64(vipID) | uint64(a.Backend)<<routeBackendShift | uint64(a.Generation)<<routeGenerationShift
+	route := uint64(vipID) | uint64(a.Backend)<<routeBackendShift | uint64(a.Generation)<<routeGenerationShift
+	if a.Probationary {
+		route |= routeProbation
+	}
+	return route
 }
 
-func routeVIP(route uint64) uint32 { return uint32(route) & maxRouteID }
+func routeVIP(route uint64) uint32 { return uint32(route) & maxRouteVIP }
 
 func decodeRoute(r uint64, lastSeen uint64) Affinity {
-	return Affinity{Backend: BackendID(uint32(r>>routeBackendShift) & maxRouteID), Generation: uint32(r >> routeGenerationShift), LastSeen: lastSeen}
+	return Affinity{Backend: BackendID(uint32(r>>routeBackendShift) & maxRouteID), Generation: uint32(r >> routeGenerationShift),
+		LastSeen: lastSeen, Probationary: r&routeProbation != 0}
 }
 
 // errAffinityBusy: a way kept changing under a writer.
 var errAffinityBusy = errors.New("the client's affinity bucket is being written by the datapath, try again")
+
+// ErrAffinityFull: every way of the client's bucket holds a fresh
+// established client, which a new client never displaces.
+var ErrAffinityFull = errors.New("no room in the client's affinity bucket")
 
 // affinityTable implements the affinity operations over buckets that live in
 // a Go slice (Fake) or in the kernel's map, mapped into this process
@@ -142,42 +155,66 @@ func (t affinityTable) get(key AffinityKey) (Affinity, error) {
 	return decodeRoute(r, e.LastSeenNs), nil
 }
 
+// keepWay says whether a way must not be a victim, by its route and
+// last-seen stamp; nil keeps none.
+type keepWay func(route, lastSeen uint64) bool
+
 // victim is the way a client without one takes: the first empty way, else
-// the least recently seen one no writer holds (the first of equals); if
-// writers hold them all, way 0, busy.
-func victim(b *loader.TetherAffinityBucket) (*loader.TetherAffinityEntry, uint64) {
+// the least recently seen one no writer holds and keep does not keep (the
+// first of equals). When every other way is kept, none (nil); when
+// writers hold the rest, way 0, busy.
+func victim(b *loader.TetherAffinityBucket, keep keepWay) (*loader.TetherAffinityEntry, uint64) {
 	var v *loader.TetherAffinityEntry
+	busy := false
 	for w := range b.Way {
 		e := &b.Way[w]
 		r := atomic.LoadUint64(&e.Route)
-		if r == 0 {
+		switch {
+		case r == 0:
 			return e, 0
-		}
-		if r != routeBusy && (v == nil || e.LastSeenNs < v.LastSeenNs) {
+		case r == routeBusy:
+			busy = true
+		case keep != nil && keep(r, e.LastSeenNs):
+		case v == nil || e.LastSeenNs < v.LastSeenNs:
 			v = e
 		}
 	}
-	if v == nil {
+	switch {
+	case v != nil:
+		return v, atomic.LoadUint64(&v.Route)
+	case busy:
 		return &b.Way[0], routeBusy
 	}
-	return v, atomic.LoadUint64(&v.Route)
+	return nil, 0
 }
 
-// put writes key's entry as the datapath inserts one: into its own way, or
-// else into the victim's. It returns the other client's entry it replaced.
-func (t affinityTable) put(key AffinityKey, a Affinity) (replaced Affinity, ok bool, err error) {
+// admitted keeps, as the datapath admits a new client at now, every way
+// that holds a fresh established client (fresh by timeout).
+func admitted(now uint64, timeout time.Duration) keepWay {
+	return func(route, lastSeen uint64) bool {
+		return route&routeProbation == 0 && Fresh(now, lastSeen, timeout)
+	}
+}
+
+// put writes key's entry into its own way, or else into the victim's that
+// keep leaves. It returns the other client's entry it replaced, and
+// ErrAffinityFull when keep kept every way.
+func (t affinityTable) put(key AffinityKey, a Affinity, keep keepWay) (replaced Affinity, ok bool, err error) {
 	switch {
 	case len(t.buckets) == 0:
 		return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: the affinity table has no buckets", key.VIPID)
-	case key.VIPID >= maxRouteID:
-		return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: id out of range 0..%d", key.VIPID, maxRouteID-1)
+	case key.VIPID >= maxRouteVIP:
+		return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: id out of range 0..%d", key.VIPID, maxRouteVIP-1)
 	case a.Backend == 0 || a.Backend > BackendID(maxRouteID):
 		return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: backend id %d out of range 1..%d", key.VIPID, a.Backend, maxRouteID)
 	}
 	for range 3 {
 		e, seen := t.find(key)
 		if e == nil {
-			e, seen = victim(t.bucket(key))
+			e, seen = victim(t.bucket(key), keep)
+		}
+		if e == nil {
+			return Affinity{}, false, fmt.Errorf("writing affinity of VIP id %d: %w", key.VIPID, ErrAffinityFull)
 		}
 		if seen == routeBusy || !atomic.CompareAndSwapUint64(&e.Route, seen, routeBusy) {
 			continue
@@ -244,10 +281,15 @@ func (t affinityTable) each(fn func(AffinityKey, Affinity)) {
 	}
 }
 
-func (t affinityTable) count() int {
-	n := 0
+func (t affinityTable) count() AffinityCounts {
+	var n AffinityCounts
 	for i := range t.buckets {
-		eachWay(&t.buckets[i], func(*loader.TetherAffinityEntry, way) { n++ })
+		eachWay(&t.buckets[i], func(_ *loader.TetherAffinityEntry, w way) {
+			n.Entries++
+			if w.entry.Probationary {
+				n.Probationary++
+			}
+		})
 	}
 	return n
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-lb/tether/loader"
 )
@@ -25,23 +26,23 @@ func TestAffinityTableEvictsLeastRecentlySeen(t *testing.T) {
 	table := affinityTable{buckets: make([]loader.TetherAffinityBucket, 4)}
 	keys := clientsOfBucket(4, AffinityWays+2)
 	for i, key := range keys[:AffinityWays] {
-		if _, evicted, err := table.put(key, Affinity{Backend: BackendID(i + 1), Generation: 1, LastSeen: uint64(100 + i)}); err != nil || evicted {
+		if _, evicted, err := table.put(key, Affinity{Backend: BackendID(i + 1), Generation: 1, LastSeen: uint64(100 + i)}, nil); err != nil || evicted {
 			t.Fatalf("put %d into a bucket with room: evicted %v, err %v", i, evicted, err)
 		}
 	}
 	// Client 2 is seen again: its own way, nothing evicted.
-	if _, evicted, err := table.put(keys[2], Affinity{Backend: 3, Generation: 1, LastSeen: 50}); err != nil || evicted {
+	if _, evicted, err := table.put(keys[2], Affinity{Backend: 3, Generation: 1, LastSeen: 50}, nil); err != nil || evicted {
 		t.Fatalf("rewrite of a present client: evicted %v, err %v", evicted, err)
 	}
 	// A new client takes the least recently seen way: client 2's (50).
-	replaced, evicted, err := table.put(keys[AffinityWays], Affinity{Backend: 9, Generation: 1, LastSeen: 200})
+	replaced, evicted, err := table.put(keys[AffinityWays], Affinity{Backend: 9, Generation: 1, LastSeen: 200}, nil)
 	if err != nil || !evicted || replaced != (Affinity{Backend: 3, Generation: 1, LastSeen: 50}) {
 		t.Fatalf("put into a full bucket: replaced %+v, evicted %v, err %v; want client 2's entry", replaced, evicted, err)
 	}
 	if _, err := table.get(keys[2]); !errors.Is(err, ErrNotFound) {
 		t.Errorf("evicted client still found: %v", err)
 	}
-	if n := table.count(); n != AffinityWays {
+	if n := table.count().Entries; n != AffinityWays {
 		t.Errorf("%d entries, want %d", n, AffinityWays)
 	}
 
@@ -49,7 +50,7 @@ func TestAffinityTableEvictsLeastRecentlySeen(t *testing.T) {
 	// victim, even when it is the oldest.
 	b := &table.buckets[0]
 	b.Way[0].Route, b.Way[0].LastSeenNs = routeBusy, 0
-	replaced, _, err = table.put(keys[AffinityWays+1], Affinity{Backend: 7, Generation: 1, LastSeen: 300})
+	replaced, _, err = table.put(keys[AffinityWays+1], Affinity{Backend: 7, Generation: 1, LastSeen: 300}, nil)
 	if err != nil || replaced.LastSeen != 101 {
 		t.Fatalf("put beside a held way: replaced %+v, err %v; want the oldest free way (101)", replaced, err)
 	}
@@ -63,15 +64,15 @@ func TestAffinityTableEvictsLeastRecentlySeen(t *testing.T) {
 			t.Errorf("each gave %+v -> %+v, get gives %+v, %v", key, a, got, err)
 		}
 	})
-	if seen != AffinityWays-1 || table.count() != AffinityWays-1 {
-		t.Errorf("each saw %d entries, count says %d, want %d: a held way is no entry", seen, table.count(), AffinityWays-1)
+	if seen != AffinityWays-1 || table.count().Entries != AffinityWays-1 {
+		t.Errorf("each saw %d entries, count says %d, want %d: a held way is no entry", seen, table.count().Entries, AffinityWays-1)
 	}
 
 	// Every way held: the insert fails and says why.
 	for w := range b.Way {
 		b.Way[w].Route = routeBusy
 	}
-	if _, _, err := table.put(keys[0], Affinity{Backend: 1, LastSeen: 400}); !errors.Is(err, errAffinityBusy) {
+	if _, _, err := table.put(keys[0], Affinity{Backend: 1, LastSeen: 400}, nil); !errors.Is(err, errAffinityBusy) {
 		t.Errorf("put into a bucket of held ways: %v, want %v", err, errAffinityBusy)
 	}
 }
@@ -83,15 +84,15 @@ func TestAffinityTableRefusesWhatItCannotHold(t *testing.T) {
 		a    Affinity
 		want string
 	}{
-		{AffinityKey{VIPID: 0xffff}, Affinity{Backend: 1}, "VIP id 65535: id out of range 0..65534"},
+		{AffinityKey{VIPID: 0x7fff}, Affinity{Backend: 1}, "VIP id 32767: id out of range 0..32766"},
 		{AffinityKey{}, Affinity{Backend: 0}, "backend id 0 out of range 1..65535"},
 		{AffinityKey{}, Affinity{Backend: 0x10000}, "backend id 65536 out of range 1..65535"},
 	} {
-		if _, _, err := table.put(tc.key, tc.a); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, _, err := table.put(tc.key, tc.a, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("put %+v %+v: %v, want an error containing %q", tc.key, tc.a, err, tc.want)
 		}
 	}
-	if _, _, err := (affinityTable{}).put(AffinityKey{}, Affinity{Backend: 1}); err == nil {
+	if _, _, err := (affinityTable{}).put(AffinityKey{}, Affinity{Backend: 1}, nil); err == nil {
 		t.Error("put into a table of no buckets succeeded")
 	}
 }
@@ -143,7 +144,7 @@ func TestAffinityBucketsSpreadClients(t *testing.T) {
 func TestAffinityTableClientInTwoWays(t *testing.T) {
 	table := affinityTable{buckets: make([]loader.TetherAffinityBucket, 2), salt: 7}
 	key := AffinityKey{VIPID: 3, Client: [16]byte{198, 18, 0, 1}}
-	if _, _, err := table.put(key, Affinity{Backend: 2, Generation: 1, LastSeen: 10}); err != nil {
+	if _, _, err := table.put(key, Affinity{Backend: 2, Generation: 1, LastSeen: 10}, nil); err != nil {
 		t.Fatal(err)
 	}
 	b := table.bucket(key)
@@ -155,8 +156,8 @@ func TestAffinityTableClientInTwoWays(t *testing.T) {
 			t.Errorf("each: %+v %+v", k, a)
 		}
 	})
-	if seen != 1 || table.count() != 1 {
-		t.Errorf("each saw %d, count %d; want the client once", seen, table.count())
+	if seen != 1 || table.count().Entries != 1 {
+		t.Errorf("each saw %d, count %d; want the client once", seen, table.count().Entries)
 	}
 	if err := table.delete(key); err != nil {
 		t.Fatal(err)
@@ -166,5 +167,56 @@ func TestAffinityTableClientInTwoWays(t *testing.T) {
 	}
 	if err := table.delete(key); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second delete: %v, want ErrNotFound", err)
+	}
+}
+
+// TestAffinityAdmissionKeepsEstablishedClients: a new client takes an
+// empty way, else the oldest way on probation or expired; a fresh
+// established client is never taken, and with only those the bucket is
+// full. user-space puts (keep nil) may take any way.
+func TestAffinityAdmissionKeepsEstablishedClients(t *testing.T) {
+	const timeout = 100 * time.Second
+	now := uint64(1000 * time.Second)
+	table := affinityTable{buckets: make([]loader.TetherAffinityBucket, 4)}
+	keys := clientsOfBucket(4, AffinityWays+4)
+	established := func(seen uint64) Affinity { return Affinity{Backend: 1, Generation: 1, LastSeen: seen} }
+	for i, key := range keys[:AffinityWays] {
+		if _, _, err := table.put(key, established(now-uint64(i)), admitted(now, timeout)); err != nil {
+			t.Fatalf("admitting client %d into a bucket with room: %v", i, err)
+		}
+	}
+	newcomer := Affinity{Backend: 2, Generation: 1, LastSeen: now, Probationary: true}
+	if _, _, err := table.put(keys[AffinityWays], newcomer, admitted(now, timeout)); !errors.Is(err, ErrAffinityFull) {
+		t.Fatalf("admitting into a bucket of fresh established clients: %v, want %v", err, ErrAffinityFull)
+	}
+	if n := table.count().Entries; n != AffinityWays {
+		t.Fatalf("%d entries after a refused admission, want %d", n, AffinityWays)
+	}
+	// Client 1 goes on probation, client 3 expires: the older of the two goes first.
+	onProbation := established(now - 10)
+	onProbation.Probationary = true
+	if _, _, err := table.put(keys[1], onProbation, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := table.put(keys[3], established(now-uint64(timeout)-1), nil); err != nil {
+		t.Fatal(err)
+	}
+	for i, victim := range []AffinityKey{keys[3], keys[1]} {
+		replaced, ok, err := table.put(keys[AffinityWays+1+i], newcomer, admitted(now, timeout))
+		if err != nil || !ok {
+			t.Fatalf("admitting beside a way on probation or expired: replaced %+v (%t), %v", replaced, ok, err)
+		}
+		if _, err := table.get(victim); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("admission %d did not take %v: %v", i, victim, err)
+		}
+	}
+	for _, key := range []AffinityKey{keys[0], keys[2]} {
+		if _, err := table.get(key); err != nil {
+			t.Fatalf("a fresh established client was taken: %v", err)
+		}
+	}
+	// User space may write anywhere.
+	if _, ok, err := table.put(keys[AffinityWays+3], established(now), nil); err != nil || !ok {
+		t.Fatalf("a user-space put into a full bucket: replaced %t, %v", ok, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/tether-lb/tether/loader"
 )
@@ -163,18 +164,23 @@ func (f *Fake) SetAffinitySalt(salt uint64) {
 	f.affinity.salt = salt
 }
 
-// PutAffinity writes a client's entry.
+// PutAffinity writes a client's entry, into its own way or the bucket's
+// least recently seen one, as user space may.
 func (f *Fake) PutAffinity(key AffinityKey, a Affinity) error {
-	_, _, err := f.InsertAffinity(key, a)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, _, err := f.affinity.put(key, a, nil)
 	return err
 }
 
-// InsertAffinity writes a client's entry as the datapath inserts one and
+// AdmitAffinity writes a client's entry as the datapath does at now for a
+// VIP of the given affinity timeout: into its own way, or else a way that
+// holds no fresh established client (ErrAffinityFull if there is none). It
 // returns the other client's entry it took the place of, if it did.
-func (f *Fake) InsertAffinity(key AffinityKey, a Affinity) (replaced Affinity, ok bool, err error) {
+func (f *Fake) AdmitAffinity(key AffinityKey, a Affinity, now uint64, timeout time.Duration) (replaced Affinity, ok bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.affinity.put(key, a)
+	return f.affinity.put(key, a, admitted(now, timeout))
 }
 
 // DeleteAffinity removes a client's entry.
@@ -200,8 +206,8 @@ func (f *Fake) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
 	return nil
 }
 
-// AffinityCount returns the number of entries.
-func (f *Fake) AffinityCount() (int, error) {
+// AffinityCount counts the entries, and those on probation.
+func (f *Fake) AffinityCount() (AffinityCounts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.affinity.count(), nil

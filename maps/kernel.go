@@ -231,11 +231,12 @@ func (k *Kernel) Affinity(key AffinityKey) (Affinity, error) {
 	return k.affinity.get(key)
 }
 
-// PutAffinity writes a client's entry where the datapath would put it.
+// PutAffinity writes a client's entry, into its own way or the bucket's
+// least recently seen one, as user space may.
 func (k *Kernel) PutAffinity(key AffinityKey, a Affinity) error {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	_, _, err := k.affinity.put(key, a)
+	_, _, err := k.affinity.put(key, a, nil)
 	return err
 }
 
@@ -263,8 +264,8 @@ func (k *Kernel) ForEachAffinity(fn func(AffinityKey, Affinity)) error {
 	return nil
 }
 
-// AffinityCount returns the number of entries.
-func (k *Kernel) AffinityCount() (int, error) {
+// AffinityCount counts the entries, and those on probation.
+func (k *Kernel) AffinityCount() (AffinityCounts, error) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	return k.affinity.count(), nil

@@ -54,6 +54,7 @@ func TestConstantsMatchTheObject(t *testing.T) {
 		t.Fatalf("reading NS_PER_MS in bpf/consts.h: %v", err)
 	}
 	routeIDMask := enumValue(t, spec, "route_layout", "ROUTE_ID_MASK")
+	routeVIPMask := enumValue(t, spec, "route_layout", "ROUTE_VIP_MASK")
 	for _, c := range []struct {
 		goName string
 		goVal  uint64
@@ -62,13 +63,16 @@ func TestConstantsMatchTheObject(t *testing.T) {
 	}{
 		{"maps.MaxClockSkew", uint64(MaxClockSkew), "MAX_CLOCK_SKEW_NS", enumValue(t, spec, "time_limit_ms", "MAX_CLOCK_SKEW_MS") * nsPerMS},
 		{"maps.AffinityRefresh", uint64(AffinityRefresh), "AFFINITY_REFRESH_NS", enumValue(t, spec, "time_limit_ms", "AFFINITY_REFRESH_MS") * nsPerMS},
+		{"maps.AffinityProbation", uint64(AffinityProbation), "AFFINITY_PROBATION_NS", enumValue(t, spec, "time_limit_ms", "AFFINITY_PROBATION_MS") * nsPerMS},
 		{"maps.MaxIPv6ExtHeaders", uint64(MaxIPv6ExtHeaders), "MAX_IPV6_EXT_HEADERS", enumValue(t, spec, "limits", "MAX_IPV6_EXT_HEADERS")},
 		{"maps.AffinityWays", uint64(AffinityWays), "AFFINITY_WAYS", enumValue(t, spec, "limits", "AFFINITY_WAYS")},
 		{"maps.maxRouteID", uint64(maxRouteID), "ROUTE_ID_MASK", routeIDMask},
+		{"maps.maxRouteVIP", uint64(maxRouteVIP), "ROUTE_VIP_MASK", routeVIPMask},
+		{"maps.routeProbation", routeProbation, "ROUTE_PROBATION", enumValue(t, spec, "route_layout", "ROUTE_PROBATION")},
 		{"maps.routeBackendShift", uint64(routeBackendShift), "ROUTE_BACKEND_SHIFT", enumValue(t, spec, "route_layout", "ROUTE_BACKEND_SHIFT")},
 		{"maps.routeGenerationShift", uint64(routeGenerationShift), "ROUTE_GENERATION_SHIFT", enumValue(t, spec, "route_layout", "ROUTE_GENERATION_SHIFT")},
 		// VIP ids stop below the mask: ROUTE_BUSY's VIP field is the mask.
-		{"loader.MaxVIPsLimit", loader.MaxVIPsLimit, "ROUTE_ID_MASK", routeIDMask},
+		{"loader.MaxVIPsLimit", loader.MaxVIPsLimit, "ROUTE_VIP_MASK", routeVIPMask},
 		// Backend ids, below MaxBackendsLimit, fit the mask.
 		{"loader.MaxBackendsLimit - 1", loader.MaxBackendsLimit - 1, "ROUTE_ID_MASK", routeIDMask},
 	} {
@@ -79,12 +83,14 @@ func TestConstantsMatchTheObject(t *testing.T) {
 }
 
 // TestRouteEncoding: the widest VIP id, backend id and generation survive a
-// route, and the busy route's VIP is no VIP's.
+// route, with and without probation, and the busy route's VIP is no VIP's.
 func TestRouteEncoding(t *testing.T) {
-	want := Affinity{Backend: BackendID(maxRouteID), Generation: ^uint32(0), LastSeen: 7}
-	route := makeRoute(maxRouteID-1, want)
-	if vip, got := routeVIP(route), decodeRoute(route, want.LastSeen); vip != maxRouteID-1 || got != want {
-		t.Errorf("route %#x decodes to VIP id %d, %+v; want %d, %+v", route, vip, got, maxRouteID-1, want)
+	for _, probation := range []bool{false, true} {
+		want := Affinity{Backend: BackendID(maxRouteID), Generation: ^uint32(0), LastSeen: 7, Probationary: probation}
+		route := makeRoute(maxRouteVIP-1, want)
+		if vip, got := routeVIP(route), decodeRoute(route, want.LastSeen); vip != maxRouteVIP-1 || got != want {
+			t.Errorf("route %#x decodes to VIP id %d, %+v; want %d, %+v", route, vip, got, maxRouteVIP-1, want)
+		}
 	}
 	if vip := routeVIP(routeBusy); vip < loader.MaxVIPsLimit {
 		t.Errorf("the busy route's VIP id %d is a valid VIP id (< %d)", vip, loader.MaxVIPsLimit)

@@ -88,24 +88,28 @@ type AffinityEvent = loader.TetherAffinityEvent
 
 // The affinity events, as the datapath numbers them.
 const (
-	AffinityHit          = loader.TetherAffinityEventAFFINITY_HIT
-	AffinityMiss         = loader.TetherAffinityEventAFFINITY_MISS
-	AffinityExpired      = loader.TetherAffinityEventAFFINITY_EXPIRED
-	AffinityStale        = loader.TetherAffinityEventAFFINITY_STALE
-	AffinityInsert       = loader.TetherAffinityEventAFFINITY_INSERT
-	AffinityInsertFailed = loader.TetherAffinityEventAFFINITY_INSERT_FAILED
-	AffinityEvict        = loader.TetherAffinityEventAFFINITY_EVICT
+	AffinityHit            = loader.TetherAffinityEventAFFINITY_HIT
+	AffinityMiss           = loader.TetherAffinityEventAFFINITY_MISS
+	AffinityExpired        = loader.TetherAffinityEventAFFINITY_EXPIRED
+	AffinityStale          = loader.TetherAffinityEventAFFINITY_STALE
+	AffinityInsert         = loader.TetherAffinityEventAFFINITY_INSERT
+	AffinityInsertFailed   = loader.TetherAffinityEventAFFINITY_INSERT_FAILED
+	AffinityEvictProbation = loader.TetherAffinityEventAFFINITY_EVICT_PROBATION
+	AffinityPromote        = loader.TetherAffinityEventAFFINITY_PROMOTE
+	AffinityFull           = loader.TetherAffinityEventAFFINITY_FULL
 	// AffinityEvents is how many there are.
 	AffinityEvents = loader.TetherAffinityEventAFFINITY_EVENT_MAX
 )
 
 // AffinityEventNames name the affinity events, indexed by AffinityEvent.
 var AffinityEventNames = [AffinityEvents]string{
-	AffinityHit:          "hit",
-	AffinityMiss:         "miss",
-	AffinityExpired:      "expired",
-	AffinityStale:        "stale",
-	AffinityInsert:       "insert",
-	AffinityInsertFailed: "insert_failed",
-	AffinityEvict:        "evicted",
+	AffinityHit:            "hit",
+	AffinityMiss:           "miss",
+	AffinityExpired:        "expired",
+	AffinityStale:          "stale",
+	AffinityInsert:         "insert",
+	AffinityInsertFailed:   "insert_failed",
+	AffinityEvictProbation: "evicted_probation",
+	AffinityPromote:        "promoted",
+	AffinityFull:           "full",
 }

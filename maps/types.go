@@ -134,6 +134,15 @@ type Affinity struct {
 	Backend    BackendID
 	Generation uint32
 	LastSeen   uint64 // CLOCK_MONOTONIC nanoseconds
+	// Probationary: admitted by a first packet, not yet proven a real
+	// client; first to go when its bucket needs room.
+	Probationary bool
+}
+
+// AffinityCounts are the clients in the affinity table.
+type AffinityCounts struct {
+	Entries      int // every client, once
+	Probationary int // of them, those on probation
 }
 
 // Limits of the datapath, from bpf/consts.h.
@@ -145,6 +154,9 @@ const (
 	// AffinityRefresh is how old an entry's LastSeen gets before a packet
 	// of its client rewrites it.
 	AffinityRefresh = time.Duration(loader.TetherTimeLimitMsAFFINITY_REFRESH_MS) * time.Millisecond
+	// AffinityProbation is how long after its admission a UDP client on
+	// probation must send again to prove itself real.
+	AffinityProbation = time.Duration(loader.TetherTimeLimitMsAFFINITY_PROBATION_MS) * time.Millisecond
 	// MaxIPv6ExtHeaders is how many IPv6 extension headers the datapath
 	// skips looking for TCP or UDP.
 	MaxIPv6ExtHeaders = int(loader.TetherLimitsMAX_IPV6EXT_HEADERS)
@@ -216,7 +228,7 @@ type Maps interface {
 	PutAffinity(AffinityKey, Affinity) error
 	DeleteAffinity(AffinityKey) error
 	Affinities() (map[AffinityKey]Affinity, error)
-	AffinityCount() (int, error)
+	AffinityCount() (AffinityCounts, error)
 	// ForEachAffinity calls fn for every entry without holding them all.
 	ForEachAffinity(fn func(AffinityKey, Affinity)) error
 

@@ -156,7 +156,7 @@ func measureControlPlane(l *lab, dp *benchDatapath, cfg ControlConfig, progress 
 		if round > 0 {
 			scan.add("scan", float64(time.Since(start).Microseconds())/1e3)
 		}
-		results.ScanEntries = n
+		results.ScanEntries = n.Entries
 	}
 	results.ScanMs = scan.median("scan")
 

@@ -124,9 +124,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (results *Results,
 		return results, err
 	}
 	l.onTeardown("closing the bench datapath", dp.Close)
-	if results.Entries, err = dp.kernel.AffinityCount(); err != nil {
+	counts, err := dp.kernel.AffinityCount()
+	if err != nil {
 		return results, err
 	}
+	results.Entries = counts.Entries
 
 	if cfg.Runs("progrun") {
 		if results.ProgRun, err = measureProgRun(ctx, dp, fl, cfg.ProgRunRepeat, cfg.Rounds, progress); err != nil {

@@ -109,9 +109,9 @@ func TestAffinityTableConcurrentWriters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d packets on %d CPUs, %d entries left; inserts %d, failed inserts (lost the way to another writer) %d, evictions %d",
+	t.Logf("%d packets on %d CPUs, %d entries left; inserts %d, failed inserts (lost the way to another writer) %d, evictions of clients on probation %d",
 		runs.Load(), cpus, len(entries), global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT],
-		global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT_FAILED], global.Affinity[loader.TetherAffinityEventAFFINITY_EVICT])
+		global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT_FAILED], global.Affinity[maps.AffinityEvictProbation])
 }
 
 // runOnCPU runs fn on a thread pinned to cpu.
@@ -199,7 +199,7 @@ func TestKernelCloseWaitsForScans(t *testing.T) {
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
-	if n, err := h.kernel.AffinityCount(); err != nil || n != 0 {
+	if n, err := h.kernel.AffinityCount(); err != nil || n.Entries != 0 {
 		t.Errorf("after Close: %d entries (%v), want an empty table", n, err)
 	}
 }

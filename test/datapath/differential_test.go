@@ -217,7 +217,8 @@ func (g *generator) newState(now uint64, epoch int) {
 			bits = int(vip.Prefix6)
 		}
 		key := maps.AffinityKey{VIPID: vip.ID, Client: maps.ClientKey(client, bits)}
-		g.pins[key] = maps.Affinity{Backend: g.backendID(), Generation: uint32(g.pick(3)), LastSeen: g.stamp(now, vip.AffinityTimeout)}
+		g.pins[key] = maps.Affinity{Backend: g.backendID(), Generation: uint32(g.pick(3)), LastSeen: g.stamp(now, vip.AffinityTimeout),
+			Probationary: g.chance(0.4)}
 	}
 	g.settings = maps.Settings{Seed: g.rng.Uint32(), Active: epoch%20 != 7}
 	switch g.pick(10) {
@@ -343,7 +344,8 @@ func (g *generator) wellFormed() []byte {
 	s := packets.Spec{
 		DstMAC: lbMAC, SrcMAC: clientMAC, Src: src, Dst: dst.Addr,
 		Proto: uint8(dst.Proto), SrcPort: uint16(g.rng.Uint32()), DstPort: dst.Port,
-		Tagged: g.chance(0.1), VLANID: uint16(g.pick(4096)),
+		TCPFlags: tcpFlagSets[g.pick(len(tcpFlagSets))],
+		Tagged:   g.chance(0.1), VLANID: uint16(g.pick(4096)),
 		Payload: make([]byte, g.pick(64)),
 	}
 	if g.chance(0.05) {
@@ -386,3 +388,9 @@ func (g *generator) damage(b []byte) []byte {
 		return append(b, junk...)
 	}
 }
+
+// tcpFlagSets are the TCP flags random frames carry: a handshake's, data,
+// the end of a connection, and odd mixes.
+var tcpFlagSets = []uint8{packets.TCPSyn, packets.TCPSyn, packets.TCPAck, packets.TCPAck | packets.TCPPsh,
+	packets.TCPSyn | packets.TCPAck, packets.TCPRst, packets.TCPRst | packets.TCPAck, packets.TCPFin | packets.TCPAck,
+	packets.TCPSyn | packets.TCPRst, 0xff}

@@ -298,7 +298,7 @@ func (fz *datapathFuzzer) forget() {
 //	backends  3 bytes per id of fuzzBackendIDs: state (0: never written),
 //	          generation and ifindex, MAC
 //	pins      1 byte count (mod 9), then per entry 4 bytes: VIP, client,
-//	          backend, generation and age
+//	          backend, generation, age and probation
 //
 // Timestamps keep far from every threshold (refresh, timeout, watchdog),
 // so kernel and model decide alike although their clocks differ by the
@@ -385,7 +385,8 @@ func (fz *datapathFuzzer) decode(data []byte, now uint64) fuzzState {
 			bits = int(vip.Prefix4)
 		}
 		key := maps.AffinityKey{VIPID: vip.ID, Client: maps.ClientKey(client, bits)}
-		s.pins[key] = maps.Affinity{Backend: backend, Generation: uint32(detail & 3 % 3), LastSeen: pinStamp(now, vip.AffinityTimeout, detail>>2&3)}
+		s.pins[key] = maps.Affinity{Backend: backend, Generation: uint32(detail & 3 % 3), LastSeen: pinStamp(now, vip.AffinityTimeout, detail>>2&3),
+			Probationary: detail>>4&1 != 0}
 	}
 	return s
 }
@@ -661,6 +662,8 @@ var (
 	fixturePinBytes = 1 + 4*4
 	// The same with a stale watchdog: everything passes.
 	staleWatchdogSeedState = append([]byte{4}, fixtureSeedState[1:]...)
+	// The same with client4 on probation.
+	probationSeedState = probationOfFirstPin(fixtureSeedState)
 	// An IPv4 and an IPv6 VIP grouping clients by /24 and /48, passing
 	// when no backend is usable, backend 63 behind the devmap, backend 1
 	// behind an interface missing from it, and a fresh watchdog.
@@ -695,6 +698,7 @@ func datapathSeeds() []datapathSeed {
 	otherVIP6 := maps.VIPKey{Addr: netip.MustParseAddr("2001:db8:1::2"), Port: 80, Proto: maps.TCP}
 	frames := [][]byte{
 		frame(client4, vip4),
+		frame(client4, vip4, func(s *packets.Spec) { s.TCPFlags = packets.TCPAck }),
 		frame(client4, vip4UDP),
 		frame(client6, vip6),
 		frame(client6, otherVIP6),
@@ -727,18 +731,26 @@ func datapathSeeds() []datapathSeed {
 		nil,
 	}
 	var seeds []datapathSeed
-	for _, state := range [][]byte{fixtureSeedState, staleWatchdogSeedState, prefixSeedState, inactiveSeedState, brokenSeedState} {
+	for _, state := range [][]byte{fixtureSeedState, staleWatchdogSeedState, probationSeedState, prefixSeedState, inactiveSeedState, brokenSeedState} {
 		for _, f := range frames {
 			seeds = append(seeds, datapathSeed{state: state, frame: f})
 		}
 	}
-	return append(seeds, evictionSeed())
+	return append(seeds, fullBucketSeed(false), fullBucketSeed(true))
 }
 
-// evictionSeed is the fixture's VIPs and backends with the bucket of a new
-// client of VIP id 0 full of other clients' fresh entries: its insert
-// evicts one.
-func evictionSeed() datapathSeed {
+// probationOfFirstPin returns state, a fixture state, with its first pin
+// on probation.
+func probationOfFirstPin(state []byte) []byte {
+	out := slices.Clone(state)
+	out[len(out)-fixturePinBytes+1+3] |= 1 << 4
+	return out
+}
+
+// fullBucketSeed is the fixture's VIPs and backends with the bucket of a
+// new client of VIP id 0 full of other clients' fresh entries: established
+// ones leave it no room; on probation, its insert evicts one.
+func fullBucketSeed(probation bool) datapathSeed {
 	newClient := netip.MustParseAddr("198.18.2.20")
 	buckets := loader.AffinityBuckets(fuzzOptions.AffinityCapacity)
 	target := maps.AffinityBucket(buckets, testAffinitySalt, maps.AffinityKey{VIPID: 0, Client: maps.ClientKey(newClient, 32)})
@@ -747,10 +759,15 @@ func evictionSeed() datapathSeed {
 	pins := 0
 	// Pins of VIP bytes >= 0xf0 are of VIP ids missing from the state,
 	// with prefix 0: one zero client key per id. They only fill buckets.
-	// Backend byte 1 is backend 1; detail 4 is generation 0, seen 3 s ago.
+	// Backend byte 1 is backend 1; detail 4 is generation 0, seen 3 s ago,
+	// 20 the same on probation.
+	detail := byte(4)
+	if probation {
+		detail |= 1 << 4
+	}
 	for vipByte := 0xf0; vipByte <= 0xff && pins < maps.AffinityWays; vipByte++ {
 		if maps.AffinityBucket(buckets, testAffinitySalt, maps.AffinityKey{VIPID: uint32(vipByte)}) == target {
-			state = append(state, byte(vipByte), 0, 1, 4)
+			state = append(state, byte(vipByte), 0, 1, detail)
 			pins++
 		}
 	}

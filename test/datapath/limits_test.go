@@ -92,11 +92,12 @@ func backendAddr(n int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
-// TestAffinityMapFull sends eight times as many clients as the affinity
-// table is sized for. Full buckets evict their least recently seen entry:
-// the table never holds more than its ways, no insert fails, every evicted
-// fresh entry is counted, every packet is still forwarded, and an evicted
-// client that comes back gets the backend it had, chosen again by Maglev.
+// TestAffinityMapFull sends eight times as many new clients (one SYN each)
+// as the affinity table is sized for. They are all on probation, so full
+// buckets evict their least recently seen entry: the table never holds
+// more than its ways, no insert fails, every evicted fresh entry is
+// counted, every packet is still forwarded, and an evicted client that
+// comes back gets the backend it had, chosen again by Maglev.
 func TestAffinityMapFull(t *testing.T) {
 	const capacity = 1024
 	opts := testOptions
@@ -109,17 +110,18 @@ func TestAffinityMapFull(t *testing.T) {
 		res := h.expect(frame(backendAddr(i+1), vip4), forwardTX)
 		firstBackend[i] = res.Backend
 	}
-	entries, err := h.kernel.AffinityCount()
+	counts, err := h.kernel.AffinityCount()
 	if err != nil {
 		t.Fatal(err)
 	}
+	entries := counts.Entries
 	global, err := h.kernel.Counters(maps.GlobalSlot)
 	if err != nil {
 		t.Fatal(err)
 	}
 	inserts := global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT]
 	failed := global.Affinity[loader.TetherAffinityEventAFFINITY_INSERT_FAILED]
-	evicted := global.Affinity[loader.TetherAffinityEventAFFINITY_EVICT]
+	evicted := global.Affinity[maps.AffinityEvictProbation]
 	ways := int(loader.AffinityBuckets(capacity)) * maps.AffinityWays
 	t.Logf("%d clients, capacity %d (%d ways): %d entries left, %d inserts, %d failed inserts, %d evicted", clients, capacity, ways, entries, inserts, failed, evicted)
 	if entries > ways || entries < capacity {

@@ -7,6 +7,7 @@ package model
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
 
 	"github.com/tether-lb/tether/loader"
@@ -55,6 +56,37 @@ type packet struct {
 	source   [16]byte
 	family   uint8
 	fragment bool
+	tcpFlags uint8
+}
+
+// TCP header flags.
+const (
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+// admits is admits() in bpf/tether.c: a TCP SYN or a UDP datagram.
+func (p *packet) admits() bool {
+	if p.fragment {
+		return false
+	}
+	if p.dst.Proto == maps.UDP {
+		return true
+	}
+	return p.tcpFlags&(tcpSYN|tcpACK|tcpRST) == tcpSYN
+}
+
+// proves is proves() in bpf/tether.c: a TCP segment neither SYN nor RST,
+// or a UDP datagram AffinityProbation after admission.
+func (p *packet) proves(now, admitted uint64) bool {
+	if p.fragment {
+		return false
+	}
+	if p.dst.Proto == maps.UDP {
+		return now >= admitted+uint64(maps.AffinityProbation)
+	}
+	return p.tcpFlags&(tcpSYN|tcpRST) == 0
 }
 
 const parseOK = -1
@@ -71,6 +103,7 @@ func parseL4(frame []byte, off, ipEnd int, proto uint8, pkt *packet) int {
 		if doff < 5 || off+doff*4 > ipEnd {
 			return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_L4)
 		}
+		pkt.tcpFlags = frame[off+13]
 	case protoUDP:
 		if off+8 > ipEnd {
 			return int(loader.TetherOutcomeOUTCOME_DROP_MALFORMED_L4)
@@ -279,24 +312,23 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 	key := clientKey(&pkt, vip)
 	res.AffinityKey = key
 	entry, err := d.Maps.Affinity(key)
+	own := err == nil
+	probation := true
 	switch {
-	case err != nil:
-		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_MISS
+	case !own:
+		res.AffinityEvents |= 1 << maps.AffinityMiss
 	case !maps.Fresh(now, entry.LastSeen, vip.AffinityTimeout):
-		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_EXPIRED
+		res.AffinityEvents |= 1 << maps.AffinityExpired
 	default:
 		be, ok := d.lookupBackend(entry.Backend)
 		if ok && be.Generation == entry.Generation && be.State.Usable() {
-			res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_HIT
+			res.AffinityEvents |= 1 << maps.AffinityHit
 			res.Backend = entry.Backend
-			if now > entry.LastSeen+uint64(maps.AffinityRefresh) {
-				entry.LastSeen = now
-				_ = d.Maps.PutAffinity(key, entry)
-				res.AffinityWritten = true
-			}
+			d.touch(key, entry, &pkt, now, res)
 			return d.forward(frame, be)
 		}
-		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_STALE
+		res.AffinityEvents |= 1 << maps.AffinityStale
+		probation = entry.Probationary
 	}
 
 	id := d.maglevBackend(vip, maglev.ClientHash(cfg.Seed, key.Client))
@@ -305,17 +337,45 @@ func (d *Datapath) balance(frame []byte, now uint64, res *Result) int {
 		return noBackend(vip)
 	}
 	res.Backend = id
-	replaced, evicted, err := d.Maps.InsertAffinity(key, maps.Affinity{Backend: id, Generation: be.Generation, LastSeen: now})
-	if evicted && maps.Fresh(now, replaced.LastSeen, vip.AffinityTimeout) {
-		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_EVICT
-	}
-	if err != nil {
-		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_INSERT_FAILED
-	} else {
-		res.AffinityWritten = true
-		res.AffinityEvents |= 1 << loader.TetherAffinityEventAFFINITY_INSERT
+	if !probation || pkt.admits() {
+		d.pin(key, maps.Affinity{Backend: id, Generation: be.Generation, LastSeen: now, Probationary: probation}, own, vip, now, res)
 	}
 	return d.forward(frame, be)
+}
+
+// touch is what a hit does to the client's entry: an established one's
+// LastSeen is refreshed once it is AffinityRefresh old; one on probation
+// is promoted by a packet that proves the client real.
+func (d *Datapath) touch(key maps.AffinityKey, entry maps.Affinity, pkt *packet, now uint64, res *Result) {
+	switch {
+	case !entry.Probationary && now > entry.LastSeen+uint64(maps.AffinityRefresh):
+		entry.LastSeen = now
+	case entry.Probationary && pkt.proves(now, entry.LastSeen):
+		entry.LastSeen, entry.Probationary = now, false
+		res.AffinityEvents |= 1 << maps.AffinityPromote
+	default:
+		return
+	}
+	_ = d.Maps.PutAffinity(key, entry)
+	res.AffinityWritten = true
+}
+
+// pin is pin() in bpf/tether.c: the client's entry written into its own
+// way, or a way the admission rule gives up.
+func (d *Datapath) pin(key maps.AffinityKey, a maps.Affinity, own bool, vip maps.VIP, now uint64, res *Result) {
+	replaced, evicted, err := d.Maps.AdmitAffinity(key, a, now, vip.AffinityTimeout)
+	switch {
+	case errors.Is(err, maps.ErrAffinityFull):
+		res.AffinityEvents |= 1 << maps.AffinityFull
+	case err != nil:
+		res.AffinityEvents |= 1 << maps.AffinityInsertFailed
+	default:
+		res.AffinityWritten = true
+		res.AffinityEvents |= 1 << maps.AffinityInsert
+		if evicted && !own && maps.Fresh(now, replaced.LastSeen, vip.AffinityTimeout) {
+			res.AffinityEvents |= 1 << maps.AffinityEvictProbation
+		}
+	}
 }
 
 func (d *Datapath) count(slot uint32, outcome maps.Outcome, bytes uint64, events uint32) {

@@ -25,6 +25,15 @@ const (
 	ProtoDstOpts  = 60
 )
 
+// TCP header flags.
+const (
+	TCPFin = 0x01
+	TCPSyn = 0x02
+	TCPRst = 0x04
+	TCPPsh = 0x08
+	TCPAck = 0x10
+)
+
 // Spec describes one frame.
 type Spec struct {
 	DstMAC, SrcMAC [6]byte
@@ -34,6 +43,7 @@ type Spec struct {
 	Proto          uint8 // L4 protocol: TCP and UDP get a header, others none
 	SrcPort        uint16
 	DstPort        uint16
+	TCPFlags       uint8 // TCP only; 0 is a SYN
 	IPv4Options    []byte // padded to a multiple of 4 bytes
 	// FragmentOffset in 8-byte units; non-zero makes a non-first fragment,
 	// which carries no L4 header. For IPv6 it needs a ProtoFragment in
@@ -87,7 +97,10 @@ func l4Header(s Spec) []byte {
 		binary.BigEndian.PutUint16(h[2:], s.DstPort)
 		binary.BigEndian.PutUint32(h[4:], 1)
 		h[12] = 5 << 4 // data offset
-		h[13] = 0x02   // SYN
+		h[13] = s.TCPFlags
+		if h[13] == 0 {
+			h[13] = TCPSyn
+		}
 		binary.BigEndian.PutUint16(h[14:], 65535)
 		return h
 	case ProtoUDP:

@@ -80,6 +80,7 @@ func statsTable(w io.Writer, st control.Stats, previous *control.Stats, elapsed 
 		fmt.Fprintf(w, "all\taffinity_%s\t%d\t%s\t\n", name, st.Global.Affinity[name], rate(st.Global.Affinity[name], before.Global.Affinity[name]))
 	}
 	fmt.Fprintf(w, "all\taffinity_entries\t%d\t\t\n", st.AffinityEntries)
+	fmt.Fprintf(w, "all\taffinity_probationary\t%d\t\t\n", st.AffinityProbationary)
 	for i, v := range st.VIPs {
 		var vipBefore control.VIPStats
 		if i < len(before.VIPs) && before.VIPs[i].VIP == v.VIP {

@@ -48,7 +48,10 @@ type VIPStats struct {
 type Stats struct {
 	Global          CounterSet `json:"global"`
 	AffinityEntries int        `json:"affinity_entries"`
-	VIPs            []VIPStats `json:"vips"`
+	// AffinityProbationary of the entries are on probation: admitted, not
+	// yet proven real clients (a flood of forged sources shows here).
+	AffinityProbationary int        `json:"affinity_probationary"`
+	VIPs                 []VIPStats `json:"vips"`
 }
 
 // Stats reads every counter slot in use.
@@ -64,7 +67,8 @@ func (d *Daemon) Stats() (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	out := Stats{Global: namedCounters(global, true), AffinityEntries: entries, VIPs: []VIPStats{}}
+	out := Stats{Global: namedCounters(global, true), AffinityEntries: entries.Entries,
+		AffinityProbationary: entries.Probationary, VIPs: []VIPStats{}}
 	for _, v := range vw.vips {
 		c, err := m.Counters(limits.VIPSlot(v.ID))
 		if err != nil {

@@ -97,6 +97,7 @@ type collector struct {
 	backendPackets, backendBytes   *prometheus.Desc
 	affinityEvents, vipAffinity    *prometheus.Desc
 	affinityEntries, affinityCap   *prometheus.Desc
+	affinityProbation              *prometheus.Desc
 	backendState, backendWeight    *prometheus.Desc
 	backendHealthy, vipFailingOpen *prometheus.Desc
 	backendHealth, vipMassFailure  *prometheus.Desc
@@ -121,17 +122,19 @@ func newCollector(m maps.Maps, source Source, log *slog.Logger, affinityCapacity
 		affinityEvents:  desc("tether_affinity_events_total", "Affinity table lookups and writes, by event.", "event"),
 		vipAffinity:     desc("tether_vip_affinity_events_total", "Affinity table lookups and writes of a VIP, by event.", "vip", "event"),
 		affinityEntries: desc("tether_affinity_entries", "Clients in the affinity table."),
-		affinityCap:     desc("tether_affinity_capacity", "Clients the affinity table is sized for; near it, inserts start to evict (affinity event evicted)."),
-		backendState:    desc("tether_backend_state", "1 for the backend's datapath state.", "vip", "backend", "state"),
-		backendWeight:   desc("tether_backend_weight", "The backend's weight.", "vip", "backend"),
-		backendHealthy:  desc("tether_backend_healthy", "1 if the backend's health checks pass (or it has none).", "vip", "backend"),
-		vipFailingOpen:  desc("tether_vip_failing_open", "1 if every backend of the VIP is down and tether forwards anyway.", "vip"),
-		backendHealth:   desc("tether_backend_health", "1 for what the backend's checks say: up, unhealthy (slow or unwell: no new clients, pinned ones stay for the session grace) or down (gone: its clients move).", "vip", "backend", "health"),
-		vipMassFailure:  desc("tether_vip_mass_failure", "1 while so many of the VIP's backends fail at once that every pinned client is kept where it is.", "vip"),
-		tableSwaps:      desc("tether_maglev_rebuilds_total", "Maglev tables built and swapped in since the daemon started.", "vip"),
-		attachInfo:      desc("tether_attach_info", "Where and how the XDP program is attached.", "interface", "mode", "program_id"),
-		startTime:       desc("tether_start_time_seconds", "When the daemon started, in Unix seconds."),
-		active:          desc("tether_datapath_active", "1 if the datapath is switched on."),
+		affinityProbation: desc("tether_affinity_probationary_entries",
+			"Clients in the affinity table on probation: admitted by a first packet, not yet proven real. A flood of forged sources shows here, and leaves established clients alone."),
+		affinityCap:    desc("tether_affinity_capacity", "Clients the affinity table is sized for; near it, inserts start to evict (affinity event evicted)."),
+		backendState:   desc("tether_backend_state", "1 for the backend's datapath state.", "vip", "backend", "state"),
+		backendWeight:  desc("tether_backend_weight", "The backend's weight.", "vip", "backend"),
+		backendHealthy: desc("tether_backend_healthy", "1 if the backend's health checks pass (or it has none).", "vip", "backend"),
+		vipFailingOpen: desc("tether_vip_failing_open", "1 if every backend of the VIP is down and tether forwards anyway.", "vip"),
+		backendHealth:  desc("tether_backend_health", "1 for what the backend's checks say: up, unhealthy (slow or unwell: no new clients, pinned ones stay for the session grace) or down (gone: its clients move).", "vip", "backend", "health"),
+		vipMassFailure: desc("tether_vip_mass_failure", "1 while so many of the VIP's backends fail at once that every pinned client is kept where it is.", "vip"),
+		tableSwaps:     desc("tether_maglev_rebuilds_total", "Maglev tables built and swapped in since the daemon started.", "vip"),
+		attachInfo:     desc("tether_attach_info", "Where and how the XDP program is attached.", "interface", "mode", "program_id"),
+		startTime:      desc("tether_start_time_seconds", "When the daemon started, in Unix seconds."),
+		active:         desc("tether_datapath_active", "1 if the datapath is switched on."),
 	}
 }
 
@@ -201,7 +204,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if n, err := c.maps.AffinityCount(); err != nil {
 		fail(err)
 	} else {
-		gauge(c.affinityEntries, float64(n))
+		gauge(c.affinityEntries, float64(n.Entries))
+		gauge(c.affinityProbation, float64(n.Probationary))
 	}
 	gauge(c.affinityCap, float64(c.affinityCapacity))
 	if inv.Interface != "" {

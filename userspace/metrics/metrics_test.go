@@ -33,6 +33,7 @@ func testSource() (*maps.Fake, inventory) {
 	m.UpdateCounters(limits.VIPSlot(1), func(c *maps.Counters) { c.Packets[maps.OutcomeForwardTX] = 10 })
 	m.UpdateCounters(limits.BackendSlot(3), func(c *maps.Counters) { c.Packets[maps.OutcomeForwardTX] = 10 })
 	_ = m.PutAffinity(maps.AffinityKey{VIPID: 1}, maps.Affinity{Backend: 3})
+	_ = m.PutAffinity(maps.AffinityKey{VIPID: 1, Client: [16]byte{1}}, maps.Affinity{Backend: 3, Probationary: true})
 	inv := inventory{
 		DatapathInfo: control.DatapathInfo{Interface: "eth0", Mode: "native", ProgramID: 42},
 		VIPs: []control.VIPInventory{{Name: "198.18.1.1:80/tcp", ID: 1, TableVersion: 2, MassFailure: true, Backends: []control.BackendInventory{
@@ -70,7 +71,8 @@ func TestCollectorReadsTheMaps(t *testing.T) {
 		value string
 	}{
 		{"tether_backend_packets_total", `tether_backend_packets_total{backend="b1",outcome="forwarded_tx",vip="198.18.1.1:80/tcp"} 10`},
-		{"tether_affinity_entries", "tether_affinity_entries 1"},
+		{"tether_affinity_entries", "tether_affinity_entries 2"},
+		{"tether_affinity_probationary_entries", "tether_affinity_probationary_entries 1"},
 		{"tether_affinity_capacity", "tether_affinity_capacity 1024"},
 		{"tether_maglev_rebuilds_total", `tether_maglev_rebuilds_total{vip="198.18.1.1:80/tcp"} 2`},
 		{"tether_attach_info", `tether_attach_info{interface="eth0",mode="native",program_id="42"} 1`},
