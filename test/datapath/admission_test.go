@@ -124,7 +124,9 @@ func TestFloodKeepsEstablishedClients(t *testing.T) {
 		t.Fatalf("only %d of %d clients were established", len(established), capacity)
 	}
 	setTableTo(h, vip4, 1) // Maglev would move every client to backend 1
-	forged := func(block, i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, byte(block*64 + i>>8), byte(i)}) }
+	forged := func(block, i int) netip.Addr {
+		return netip.AddrFrom4([4]byte{198, 19, byte(block*64 + i>>8), byte(i)})
+	}
 	for _, flood := range []struct {
 		name  string
 		block int

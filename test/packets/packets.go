@@ -43,7 +43,7 @@ type Spec struct {
 	Proto          uint8 // L4 protocol: TCP and UDP get a header, others none
 	SrcPort        uint16
 	DstPort        uint16
-	TCPFlags       uint8 // TCP only; 0 is a SYN
+	TCPFlags       uint8  // TCP only; 0 is a SYN
 	IPv4Options    []byte // padded to a multiple of 4 bytes
 	// FragmentOffset in 8-byte units; non-zero makes a non-first fragment,
 	// which carries no L4 header. For IPv6 it needs a ProtoFragment in
