@@ -83,6 +83,11 @@ type clusterOptions struct {
 }
 
 func newCluster(t *testing.T, opts clusterOptions) *cluster {
+	return newClusterWith(t, opts)
+}
+
+// newClusterWith is newCluster with extra flags for tether run.
+func newClusterWith(t *testing.T, opts clusterOptions, runFlags ...string) *cluster {
 	requireNode(t)
 	if opts.transports == "" {
 		opts.transports = "polling"
@@ -98,7 +103,7 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 		c.startNode(i)
 	}
 	c.tether = tetherd.New(t, tetherBinary, c.net.LB)
-	c.tether.Start()
+	c.tether.Start(runFlags...)
 	args := append([]string{"vip", "add", c.vip(), "--check", "engineio", "--check-interval", "1s",
 		"--check-timeout", "500ms", "--check-rise", "1", "--check-fall", "2"}, opts.vipFlags...)
 	c.tether.Must(args...)

@@ -1,108 +1,29 @@
 package netns
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-	"golang.org/x/sys/unix"
 
 	"github.com/tether-lb/tether/test/packets"
+	"github.com/tether-lb/tether/test/tetherd"
 	"github.com/tether-lb/tether/test/topology"
 	"github.com/tether-lb/tether/userspace/control"
 )
 
 const metricsAddr = "127.0.0.1:9181"
 
-// sendFrames writes raw frames out of the client's eth0.
-func sendFrames(t *testing.T, client *topology.Node, frames [][]byte) {
-	t.Helper()
-	if err := client.Do(func() error {
-		iface, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-		if err != nil {
-			return fmt.Errorf("opening packet socket: %w", err)
-		}
-		defer unix.Close(fd)
-		to := &unix.SockaddrLinklayer{Ifindex: iface.Index, Halen: 6}
-		for _, f := range frames {
-			copy(to.Addr[:], f[:6])
-			if err := unix.Sendto(fd, f, 0, to); err != nil {
-				return fmt.Errorf("sending frame: %w", err)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// scrape reads /metrics of the daemon from inside the LB's namespace.
+// scrape reads /metrics of the daemon at metricsAddr.
 func scrape(t *testing.T, lb *topology.Node) map[string]*dto.MetricFamily {
 	t.Helper()
-	var families map[string]*dto.MetricFamily
-	if err := lb.Do(func() error {
-		conn, err := net.DialTimeout("tcp", metricsAddr, 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n"); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		families, err = parser.TextToMetricFamilies(resp.Body)
-		return err
-	}); err != nil {
+	families, err := tetherd.Scrape(lb, metricsAddr)
+	if err != nil {
 		t.Fatalf("scraping /metrics: %v", err)
 	}
 	return families
-}
-
-// value returns the value of the sample of family with exactly labels.
-func value(families map[string]*dto.MetricFamily, family string, labels map[string]string) float64 {
-	f := families[family]
-	if f == nil {
-		return -1
-	}
-	for _, m := range f.GetMetric() {
-		if len(m.GetLabel()) != len(labels) {
-			continue
-		}
-		match := true
-		for _, l := range m.GetLabel() {
-			if labels[l.GetName()] != l.GetValue() {
-				match = false
-			}
-		}
-		if !match {
-			continue
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		}
-	}
-	return -1
 }
 
 // TestMetricsCountEveryPacket sends known numbers of packets of each kind
@@ -153,50 +74,52 @@ func TestMetricsCountEveryPacket(t *testing.T) {
 			bytes[k.outcome] += len(f)
 		}
 	}
-	sendFrames(t, n.Client, frames)
+	if err := n.Client.SendFrames(frames); err != nil {
+		t.Fatal(err)
+	}
 
 	var families map[string]*dto.MetricFamily
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		families = scrape(t, n.LB)
-		if value(families, "tether_packets_total", map[string]string{"outcome": "forwarded_tx"}) >= 37 || time.Now().After(deadline) {
+		if tetherd.Value(families, "tether_packets_total", map[string]string{"outcome": "forwarded_tx"}) >= 37 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	for _, k := range kinds {
 		labels := map[string]string{"outcome": k.outcome}
-		if got := value(families, "tether_packets_total", labels); got != float64(k.count) {
+		if got := tetherd.Value(families, "tether_packets_total", labels); got != float64(k.count) {
 			t.Errorf("tether_packets_total{outcome=%q} = %v, sent %d", k.outcome, got, k.count)
 		}
-		if got := value(families, "tether_bytes_total", labels); got != float64(bytes[k.outcome]) {
+		if got := tetherd.Value(families, "tether_bytes_total", labels); got != float64(bytes[k.outcome]) {
 			t.Errorf("tether_bytes_total{outcome=%q} = %v, sent %d bytes", k.outcome, got, bytes[k.outcome])
 		}
 	}
 	vipLabels := map[string]string{"vip": vip + "/tcp", "outcome": "forwarded_tx"}
-	if got := value(families, "tether_vip_packets_total", vipLabels); got != 37 {
+	if got := tetherd.Value(families, "tether_vip_packets_total", vipLabels); got != 37 {
 		t.Errorf("tether_vip_packets_total%v = %v, want 37", vipLabels, got)
 	}
 	backendLabels := map[string]string{"vip": vip + "/tcp", "backend": "b1", "outcome": "forwarded_tx"}
-	if got := value(families, "tether_backend_packets_total", backendLabels); got != 37 {
+	if got := tetherd.Value(families, "tether_backend_packets_total", backendLabels); got != 37 {
 		t.Errorf("tether_backend_packets_total%v = %v, want 37", backendLabels, got)
 	}
-	if got := value(families, "tether_vip_packets_total", map[string]string{"vip": empty + "/tcp", "outcome": "dropped_no_backend"}); got != 7 {
+	if got := tetherd.Value(families, "tether_vip_packets_total", map[string]string{"vip": empty + "/tcp", "outcome": "dropped_no_backend"}); got != 7 {
 		t.Errorf("dropped_no_backend of the empty VIP = %v, want 7", got)
 	}
 	for event, want := range map[string]float64{"miss": 8, "insert": 1, "hit": 36} {
 		// The empty VIP's 7 packets miss too and insert nothing.
-		if got := value(families, "tether_affinity_events_total", map[string]string{"event": event}); got != want {
+		if got := tetherd.Value(families, "tether_affinity_events_total", map[string]string{"event": event}); got != want {
 			t.Errorf("tether_affinity_events_total{event=%q} = %v, want %v", event, got, want)
 		}
 	}
-	if got := value(families, "tether_affinity_entries", map[string]string{}); got != 1 {
+	if got := tetherd.Value(families, "tether_affinity_entries", map[string]string{}); got != 1 {
 		t.Errorf("tether_affinity_entries = %v, want 1", got)
 	}
-	if got := value(families, "tether_backend_state", map[string]string{"vip": vip + "/tcp", "backend": "b1", "state": "up"}); got != 1 {
+	if got := tetherd.Value(families, "tether_backend_state", map[string]string{"vip": vip + "/tcp", "backend": "b1", "state": "up"}); got != 1 {
 		t.Errorf("tether_backend_state up = %v, want 1", got)
 	}
-	if got := value(families, "tether_attach_info", map[string]string{"interface": "eth0", "mode": "native", "program_id": fmt.Sprint(mustStatus(t, d).ProgramID)}); got != 1 {
+	if got := tetherd.Value(families, "tether_attach_info", map[string]string{"interface": "eth0", "mode": "native", "program_id": fmt.Sprint(mustStatus(t, d).ProgramID)}); got != 1 {
 		t.Errorf("tether_attach_info = %v, want 1", got)
 	}
 }

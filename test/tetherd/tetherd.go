@@ -4,9 +4,13 @@
 package tetherd
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +20,10 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/tether-lb/tether/test/testenv"
 	"github.com/tether-lb/tether/test/topology"
 	"github.com/tether-lb/tether/userspace/control"
@@ -189,4 +197,59 @@ func (d *Daemon) Status() (control.Status, error) {
 	}
 	var st control.Status
 	return st, json.Unmarshal(out, &st)
+}
+
+// Scrape reads /metrics at addr from inside the LB's namespace.
+func Scrape(lb *topology.Node, addr string) (map[string]*dto.MetricFamily, error) {
+	var families map[string]*dto.MetricFamily
+	err := lb.Do(func() error {
+		conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		families, err = parser.TextToMetricFamilies(resp.Body)
+		return err
+	})
+	return families, err
+}
+
+// Value returns the value of the sample of family with exactly labels, or
+// -1 if there is none.
+func Value(families map[string]*dto.MetricFamily, family string, labels map[string]string) float64 {
+	f := families[family]
+	if f == nil {
+		return -1
+	}
+	for _, m := range f.GetMetric() {
+		if len(m.GetLabel()) != len(labels) {
+			continue
+		}
+		match := true
+		for _, l := range m.GetLabel() {
+			if labels[l.GetName()] != l.GetValue() {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		}
+	}
+	return -1
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/tether-lb/tether/test/testenv"
 )
@@ -198,4 +199,27 @@ func (n *Network) attachPass(t testing.TB, port string) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// SendFrames writes raw frames out of the node's eth0, as they are.
+func (n *Node) SendFrames(frames [][]byte) error {
+	return n.Do(func() error {
+		iface, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		if err != nil {
+			return fmt.Errorf("opening packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		to := &unix.SockaddrLinklayer{Ifindex: iface.Index, Halen: 6}
+		for _, f := range frames {
+			copy(to.Addr[:], f[:6])
+			if err := unix.Sendto(fd, f, 0, to); err != nil {
+				return fmt.Errorf("sending frame: %w", err)
+			}
+		}
+		return nil
+	})
 }
