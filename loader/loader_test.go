@@ -14,9 +14,9 @@ func TestOptionsValidate(t *testing.T) {
 		want   string
 	}{
 		{func(o *Options) { o.MaxVIPs = 0 }, "max VIPs 0 is out of range"},
-		{func(o *Options) { o.MaxVIPs = 1 << 16 }, "max VIPs 65536 is out of range, expected 1..65535"},
+		{func(o *Options) { o.MaxVIPs = 1 << 15 }, "max VIPs 32768 is out of range, expected 1..32767"},
 		{func(o *Options) { o.TableStride = 2 }, "table size 2"},
-		{func(o *Options) { o.MaxVIPs = 40000 }, "does not fit"},
+		{func(o *Options) { o.MaxVIPs, o.TableStride = 32000, 70001 }, "does not fit"},
 		{func(o *Options) { o.MaxBackends = 1 }, "max backends 1"},
 		{func(o *Options) { o.MaxBackends = 1<<16 + 1 }, "max backends 65537 is out of range"},
 		{func(o *Options) { o.AffinityCapacity = 0 }, "affinity capacity 0 is out of range"},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -274,4 +275,46 @@ func Detach(dir string) error {
 	// The tether directory goes too once no interface has pins in it.
 	_ = os.Remove(filepath.Dir(dir))
 	return nil
+}
+
+// ErrPinsInUse means another process, a running tether daemon, holds the
+// pin directory's lock.
+var ErrPinsInUse = errors.New("the pins are in use by a running tether daemon")
+
+// LockPinDir takes an exclusive lock on the pin directory dir, creating it
+// if needed. The daemon holds it for its whole life, so that a second
+// daemon, or a detach, refuses before it touches the pins; release drops
+// it. The lock is on the directory itself: a directory deleted behind a
+// daemon's back is noticed by PinsIntact, not by the lock.
+func LockPinDir(dir string) (release func(), err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating pin directory: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("opening pin directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", ErrPinsInUse, dir)
+		}
+		return nil, fmt.Errorf("locking pin directory %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// PinsIntact reports what is missing of the pins in dir that a running
+// datapath needs: its link and its state maps. "" means nothing.
+func PinsIntact(dir string) string {
+	var missing []string
+	for _, name := range append([]string{linkPin}, pinnedMaps...) {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("pins missing from %s: %s (removed behind the daemon's back)", dir, strings.Join(missing, ", "))
 }

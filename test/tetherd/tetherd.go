@@ -163,6 +163,9 @@ func (d *Daemon) Signal(sig syscall.Signal) {
 // Kill stops the daemon with SIGKILL, as a crash would.
 func (d *Daemon) Kill() { d.Signal(syscall.SIGKILL) }
 
+// LB is the node the daemon runs on.
+func (d *Daemon) LB() *topology.Node { return d.lb }
+
 // Log returns what the daemon printed so far.
 func (d *Daemon) Log() string { return d.log.String() }
 

@@ -565,6 +565,9 @@ func statusCommand() *cli.Command {
 				fmt.Fprintf(w, "interface\t%s\n", st.Interface)
 				fmt.Fprintf(w, "attach mode\t%s\n", st.Mode)
 				fmt.Fprintf(w, "program id\t%d\n", st.ProgramID)
+				if st.Problem != "" {
+					fmt.Fprintf(w, "PROBLEM\t%s\n", st.Problem)
+				}
 				fmt.Fprintf(w, "seed\t%#x\n", st.Seed)
 				fmt.Fprintln(w)
 				fmt.Fprintln(w, "VIP\tPROTO\tTABLE\tVERSION\tBACKENDS\tNOTE")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/tether-lb/tether/loader"
@@ -29,6 +30,17 @@ func detachCommand() *cli.Command {
 				return errors.New("the tether daemon is running: stop it first (SIGTERM), then detach")
 			}
 			dir := loader.PinDir(c.String("bpffs"), c.String("iface"))
+			// A daemon on another socket still holds its pins' lock.
+			if _, err := os.Stat(dir); err == nil {
+				release, err := loader.LockPinDir(dir)
+				if errors.Is(err, loader.ErrPinsInUse) {
+					return fmt.Errorf("a tether daemon holds %s: stop it first (SIGTERM), then detach", dir)
+				}
+				if err != nil {
+					return err
+				}
+				defer release()
+			}
 			if err := loader.Detach(dir); err != nil {
 				return err
 			}

@@ -67,7 +67,7 @@ func startDaemon(t *testing.T, allowGID int) *daemon {
 	d.SetDatapathInfo(control.DatapathInfo{Interface: "veth-test", Mode: "generic", ProgramID: 7})
 	server := control.NewServer(d, slog.New(slog.DiscardHandler), allowGID)
 	socket := filepath.Join(dir, "run", "tether.sock")
-	ln, err := server.Listen(socket)
+	ln, err := control.Listen(socket, allowGID)
 	if err != nil {
 		t.Fatal(err)
 	}

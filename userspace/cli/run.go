@@ -35,6 +35,7 @@ func runCommand() *cli.Command {
 			&cli.UintFlag{Name: "affinity-capacity", Value: uint(defaults.AffinityCapacity), Usage: "clients the affinity table is sized for (about 1% of them find their bucket full at that load; it holds up to 3x as many, evicting more)"},
 			&cli.DurationFlag{Name: "watchdog-timeout", Usage: "pass all traffic to the stack if the daemon is silent this long (0: never)"},
 			&cli.IntFlag{Name: "check-workers", Value: 32, Usage: "health checks in flight at most"},
+			&cli.BoolFlag{Name: "discard-pinned", Usage: "start even when the pins hold VIPs but the state directory has no state file, and remove them"},
 		},
 		Action: run,
 	}
@@ -122,5 +123,6 @@ func runConfig(c *cli.Context) (daemon.Config, error) {
 		Loader:          opts,
 		WatchdogTimeout: c.Duration("watchdog-timeout"),
 		CheckWorkers:    c.Int("check-workers"),
+		DiscardPinned:   c.Bool("discard-pinned"),
 	}, nil
 }

@@ -57,8 +57,9 @@ func NewServer(d *Daemon, log *slog.Logger, allowGID int) *Server {
 	return &Server{daemon: d, log: log, allowGID: allowGID}
 }
 
-// Listen creates the socket at path (mode 0600, or 0660 for a group).
-func (s *Server) Listen(path string) (net.Listener, error) {
+// Listen creates the control socket at path: mode 0600, or 0660 for the
+// group allowGID (-1 for none). It refuses a socket another daemon serves.
+func Listen(path string, allowGID int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("creating control socket directory: %w", err)
 	}
@@ -74,11 +75,11 @@ func (s *Server) Listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("listening on control socket: %w", err)
 	}
 	mode := os.FileMode(0o600)
-	if s.allowGID >= 0 {
+	if allowGID >= 0 {
 		mode = 0o660
-		if err := os.Chown(path, -1, s.allowGID); err != nil {
+		if err := os.Chown(path, -1, allowGID); err != nil {
 			ln.Close()
-			return nil, fmt.Errorf("giving group %d the control socket: %w", s.allowGID, err)
+			return nil, fmt.Errorf("giving group %d the control socket: %w", allowGID, err)
 		}
 	}
 	if err := os.Chmod(path, mode); err != nil {

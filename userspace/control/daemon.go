@@ -174,11 +174,11 @@ func monotonicNow() uint64 {
 	return uint64(ts.Nano())
 }
 
-func (d *Daemon) save() error {
+func (d *Daemon) save(s State) error {
 	if d.opts.StatePath == "" {
 		return nil
 	}
-	return SaveState(d.opts.StatePath, d.state)
+	return SaveState(d.opts.StatePath, s)
 }
 
 // backendPos is where a backend is in the state: VIPs[vip].Backends[backend].

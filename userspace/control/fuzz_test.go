@@ -190,7 +190,7 @@ func newAPIFuzzBed(f *testing.F) *apiFuzzBed {
 
 	server := NewServer(d, slog.New(slog.DiscardHandler), os.Getgid())
 	socket := filepath.Join(dir, "tether.sock")
-	ln, err := server.Listen(socket)
+	ln, err := Listen(socket, os.Getgid())
 	if err != nil {
 		f.Fatal(err)
 	}

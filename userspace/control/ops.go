@@ -148,6 +148,11 @@ func (d *Daemon) change(ctx context.Context, edit func(s *State) error) error {
 			return invalid(err)
 		}
 	}
+	// Saved first: a change that cannot be saved (a full or read-only
+	// disk) never reaches the datapath, so it moves nobody.
+	if err := d.save(next); err != nil {
+		return err
+	}
 	// apply removes what d.state has and its argument lacks, so d.state is
 	// next while previous is restored: what only next had goes away.
 	previous := d.state
@@ -157,16 +162,12 @@ func (d *Daemon) change(ctx context.Context, edit func(s *State) error) error {
 			d.log.Error("restoring the datapath after a failed change", "error", rollback)
 		}
 		d.setState(previous)
+		if restore := d.save(previous); restore != nil {
+			d.log.Error("restoring the state file after a failed change", "error", restore)
+		}
 		return err
 	}
 	d.setState(next)
-	if err := d.save(); err != nil {
-		if rollback := d.apply(ctx, previous); rollback != nil {
-			d.log.Error("restoring the datapath after failing to save state", "error", rollback)
-		}
-		d.setState(previous)
-		return err
-	}
 	return nil
 }
 

@@ -207,3 +207,48 @@ func TestChangeThatCannotBeSavedIsRolledBack(t *testing.T) {
 	}
 	tb.assertServingAsBefore(before)
 }
+
+// TestFailedSaveChangesNothing: with a state directory that cannot be
+// written (full, read-only, gone), every change fails and the datapath,
+// clients' affinity included, stays exactly as it was.
+func TestFailedSaveChangesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tb := newTestBed(t, testLimits, filepath.Join(dir, "state.json"))
+	ref := mustRef(t, "198.18.1.1:80", "tcp")
+	tb.addVIP(ref, nil)
+	for i, name := range []string{"b1", "b2", "b3"} {
+		tb.addBackend(ref, name, fmt.Sprintf("198.18.0.%d", 10+i), 1)
+	}
+	for n := range 50 {
+		key := clientKey(tb.vip(ref).ID, n)
+		if err := tb.maps.PutAffinity(key, maps.Affinity{Backend: tb.backendID(ref, "b3"), Generation: tb.backend(tb.backendID(ref, "b3")).Generation, LastSeen: monotonicNow()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The directory becomes a file: no save can succeed, even as root.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := tb.snapshot()
+	other := mustRef(t, "198.18.1.2:80", "tcp")
+	for what, change := range map[string]func() error{
+		"backend remove": func() error { return tb.daemon.RemoveBackend(t.Context(), ref, "b3") },
+		"vip remove":     func() error { return tb.daemon.RemoveVIP(t.Context(), ref) },
+		"backend add": func() error {
+			return tb.daemon.AddBackend(t.Context(), ref, Backend{Name: "b4", Addr: netip.MustParseAddr("198.18.0.20"), Weight: 1})
+		},
+		"drain":   func() error { return tb.daemon.Drain(t.Context(), ref, "b1") },
+		"vip add": func() error { return tb.daemon.AddVIP(t.Context(), NewVIP(other)) },
+	} {
+		if err := change(); err == nil {
+			t.Fatalf("%s succeeded without a state file to save to", what)
+		}
+		tb.assertUnchanged(before)
+	}
+}

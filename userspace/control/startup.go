@@ -140,7 +140,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	return d.save()
+	return d.save(d.state)
 }
 
 // removeMismatchedVIPs deletes pinned VIP entries whose id differs from the

@@ -43,6 +43,7 @@ type DatapathInfo struct {
 	Mode      string `json:"mode"`
 	ProgramID uint32 `json:"program_id"`
 	PinDir    string `json:"pin_dir"`
+	Problem   string `json:"problem,omitempty"` // pins removed behind the daemon's back
 }
 
 // Status is the daemon's view of everything it manages.
@@ -56,7 +57,16 @@ type Status struct {
 func (d *Daemon) SetDatapathInfo(info DatapathInfo) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	info.Problem = d.info.Problem
 	d.info = info
+}
+
+// SetDatapathProblem records what is wrong with the datapath's pins ("" for
+// nothing), for Status and the metrics.
+func (d *Daemon) SetDatapathProblem(problem string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.info.Problem = problem
 }
 
 // BackendInventory is a backend as metrics label it.

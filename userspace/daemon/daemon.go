@@ -41,6 +41,9 @@ type Config struct {
 	Loader          loader.Options
 	WatchdogTimeout time.Duration // 0: off
 	CheckWorkers    int           // health checks in flight at most
+	// DiscardPinned starts even when pinned VIPs exist but the state file
+	// does not, and removes them.
+	DiscardPinned bool
 }
 
 // check refuses what Run cannot start with, before anything is touched.
@@ -78,11 +81,27 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reload <-chan os.Sig
 	if err := checkCapabilities(); err != nil {
 		return err
 	}
+	// Everything that can refuse does so before anything is written: the
+	// state directory, the pins and the control socket are this daemon's
+	// alone, or it stops here.
 	release, err := control.LockStateDir(cfg.StateDir)
 	if err != nil {
 		return err
 	}
 	defer release()
+	if err := mountBPFFS(cfg.BPFFS, log); err != nil {
+		return err
+	}
+	releasePins, err := loader.LockPinDir(loader.PinDir(cfg.BPFFS, cfg.Interface))
+	if err != nil {
+		return err
+	}
+	defer releasePins()
+	ln, err := control.Listen(cfg.Socket, cfg.SocketGID)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
 	h, err := open(ctx, cfg, iface.Index, log)
 	if err != nil {
 		return err
@@ -96,7 +115,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reload <-chan os.Sig
 		registry = &metricsRegistry{listener: metricsListener,
 			registry: metrics.New(h.maps, h.daemon, h.events, log, h.datapath.Options.AffinityCapacity, started)}
 	}
-	return h.serve(ctx, cancel, iface.Index, registry, reload)
+	return h.serve(ctx, cancel, iface.Index, ln, registry, reload)
+}
+
+// mountBPFFS lifts the memlock limit and mounts bpffs at dir if none is.
+func mountBPFFS(dir string, log *slog.Logger) error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("lifting the memlock limit for BPF maps: %w", err)
+	}
+	mounted, err := loader.EnsureBPFFS(dir)
+	if err != nil {
+		return err
+	}
+	if mounted {
+		log.Info("no bpffs was mounted: mounted one", "path", dir)
+	}
+	return nil
 }
 
 func checkCapabilities() error {
@@ -147,15 +181,18 @@ func open(ctx context.Context, cfg Config, ifindex int, log *slog.Logger) (*host
 	if err != nil {
 		return nil, err
 	}
+	if !found && adopted {
+		if err := h.unknownPins(); err != nil {
+			h.close()
+			return nil, err
+		}
+	}
 	if h.daemon, err = control.New(control.Options{
 		Maps: h.maps, Resolver: neighResolver{}, Checker: h.checker, StatePath: h.statePath,
 		IngressIfindex: ifindex, Log: log, Observer: observer,
 	}, state); err != nil {
 		h.close()
 		return nil, err
-	}
-	if !found && adopted {
-		log.Warn("no state file but pinned maps exist: entries the state does not know will be removed", "state", h.statePath)
 	}
 	if err := h.daemon.Start(ctx); err != nil {
 		h.close()
@@ -168,19 +205,53 @@ func open(ctx context.Context, cfg Config, ifindex int, log *slog.Logger) (*host
 	return h, nil
 }
 
-// openDatapath mounts bpffs if needed and loads the program and maps, or
-// adopts the pinned ones; it reports whether it adopted them.
-func (h *host) openDatapath() (adopted bool, err error) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return false, fmt.Errorf("lifting the memlock limit for BPF maps: %w", err)
-	}
-	mounted, err := loader.EnsureBPFFS(h.cfg.BPFFS)
+// unknownPins refuses pinned VIPs that no state file knows, unless told to
+// discard them: they are another daemon's, or a lost state directory's,
+// and starting would stop their forwarding.
+func (h *host) unknownPins() error {
+	vips, err := h.maps.VIPs()
 	if err != nil {
-		return false, err
+		return fmt.Errorf("reading pinned VIPs: %w", err)
 	}
-	if mounted {
-		h.log.Info("no bpffs was mounted: mounted one", "path", h.cfg.BPFFS)
+	if len(vips) == 0 {
+		return nil
 	}
+	if !h.cfg.DiscardPinned {
+		return fmt.Errorf("the pins in %s hold %d VIP entries but %s does not exist: start with the state directory that goes with them, or with --discard-pinned to remove them", h.pinDir, len(vips), h.statePath)
+	}
+	h.log.Warn("no state file but pinned VIPs exist: --discard-pinned removes them", "state", h.statePath, "pinned_vip_entries", len(vips))
+	return nil
+}
+
+// watchPins checks every interval that the pins the datapath needs are
+// still there, and says so in the log, status and metrics when one goes.
+func (h *host) watchPins(ctx context.Context, every time.Duration) {
+	reported := ""
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		problem := loader.PinsIntact(h.pinDir)
+		if problem == reported {
+			continue
+		}
+		if problem != "" {
+			h.log.Error("DATAPATH PINS REMOVED: a detach or another tool removed them; forwarding or client affinity may be lost", "problem", problem)
+		} else {
+			h.log.Info("datapath pins are back", "pins", h.pinDir)
+		}
+		reported = problem
+		h.daemon.SetDatapathProblem(problem)
+	}
+}
+
+// openDatapath loads the program and maps, or adopts the pinned ones; it
+// reports whether it adopted them.
+func (h *host) openDatapath() (adopted bool, err error) {
 	if h.datapath, adopted, err = loader.Open(h.pinDir, h.cfg.Loader); err != nil {
 		return false, err
 	}
@@ -241,12 +312,8 @@ type metricsRegistry struct {
 
 // serve runs every part until ctx ends or one fails, re-reading the config
 // file on reload.
-func (h *host) serve(ctx context.Context, cancel context.CancelFunc, ifindex int, m *metricsRegistry, reload <-chan os.Signal) error {
+func (h *host) serve(ctx context.Context, cancel context.CancelFunc, ifindex int, ln net.Listener, m *metricsRegistry, reload <-chan os.Signal) error {
 	server := control.NewServer(h.daemon, h.log, h.cfg.SocketGID)
-	ln, err := server.Listen(h.cfg.Socket)
-	if err != nil {
-		return err
-	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	spawn := func(f func() error) {
@@ -260,6 +327,7 @@ func (h *host) serve(ctx context.Context, cancel context.CancelFunc, ifindex int
 	spawn(func() error { h.checker.Run(ctx, h.daemon.HealthResult); return nil })
 	spawn(func() error { h.daemon.Maintain(ctx, time.Second); return nil })
 	spawn(func() error { h.daemon.Heartbeat(ctx, time.Second); return nil })
+	spawn(func() error { h.watchPins(ctx, time.Second); return nil })
 	spawn(func() error { return watchNeighbours(ctx, h.daemon, h.log) })
 	spawn(func() error {
 		return watchInterface(ctx, h.cfg.Interface, ifindex, func(ifindex int) error {

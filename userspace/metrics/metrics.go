@@ -103,6 +103,7 @@ type collector struct {
 	backendHealth, vipMassFailure  *prometheus.Desc
 	tableSwaps, attachInfo         *prometheus.Desc
 	startTime, active              *prometheus.Desc
+	pinsIntact                     *prometheus.Desc
 }
 
 func newCollector(m maps.Maps, source Source, log *slog.Logger, affinityCapacity uint32, started time.Time) *collector {
@@ -133,6 +134,7 @@ func newCollector(m maps.Maps, source Source, log *slog.Logger, affinityCapacity
 		vipMassFailure: desc("tether_vip_mass_failure", "1 while so many of the VIP's backends fail at once that every pinned client is kept where it is.", "vip"),
 		tableSwaps:     desc("tether_maglev_rebuilds_total", "Maglev tables built and swapped in since the daemon started.", "vip"),
 		attachInfo:     desc("tether_attach_info", "Where and how the XDP program is attached.", "interface", "mode", "program_id"),
+		pinsIntact:     desc("tether_datapath_pins_intact", "0 when pins the datapath needs (its link, its state maps) were removed behind the daemon's back, as by a detach while it runs."),
 		startTime:      desc("tether_start_time_seconds", "When the daemon started, in Unix seconds."),
 		active:         desc("tether_datapath_active", "1 if the datapath is switched on."),
 	}
@@ -210,6 +212,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.affinityCap, float64(c.affinityCapacity))
 	if inv.Interface != "" {
 		gauge(c.attachInfo, 1, inv.Interface, inv.Mode, fmt.Sprint(inv.ProgramID))
+		gauge(c.pinsIntact, boolValue(inv.Problem == ""))
 	}
 	gauge(c.startTime, float64(c.started.UnixNano())/1e9)
 	if s, err := c.maps.Settings(); err != nil {
