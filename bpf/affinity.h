@@ -166,16 +166,19 @@ static __always_inline int fresh(__u64 now, __u64 stamp, __u64 timeout)
 	return now - stamp <= timeout;
 }
 
-/* The way a new client takes, and its route: the first empty way, else the
- * least recently seen one on probation or not fresh by timeout that no
- * writer holds (the first of equals). NULL when every way holds a fresh
- * established client: no room. When writers hold all the others, way 0,
+/* The way a new client takes, and its route as judged: the first empty
+ * way, else the least recently seen one on probation or not fresh by
+ * timeout that no writer holds (the first of equals). The route returned is
+ * the one judged, so the writer's compare-and-swap fails if the way changed
+ * since (promoted, say). NULL when every way holds a fresh established
+ * client: no room. When no way can be taken but a writer holds one, way 0,
  * busy: the insert fails. */
 static __always_inline struct affinity_entry *
 affinity_victim(struct affinity_bucket *b, __u64 now, __u64 timeout,
 		__u64 *route)
 {
 	struct affinity_entry *victim = NULL;
+	__u64 victim_route = 0;
 	int busy = 0;
 
 #pragma unroll
@@ -194,14 +197,16 @@ affinity_victim(struct affinity_bucket *b, __u64 now, __u64 timeout,
 		if (!(r & ROUTE_PROBATION) &&
 		    fresh(now, e->last_seen_ns, timeout))
 			continue;
-		if (!victim || e->last_seen_ns < victim->last_seen_ns)
+		if (!victim || e->last_seen_ns < victim->last_seen_ns) {
 			victim = e;
+			victim_route = r;
+		}
 	}
 	if (!victim) {
 		*route = ROUTE_BUSY;
 		return busy ? &b->way[0] : NULL;
 	}
-	*route = READ_ONCE_U64(victim->route);
+	*route = victim_route;
 	return victim;
 }
 

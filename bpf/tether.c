@@ -303,9 +303,12 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 				    entry->last_seen_ns + AFFINITY_REFRESH_NS)
 					entry->last_seen_ns = now;
 			} else if (proves(&pkt, now, entry->last_seen_ns) &&
-				   !affinity_write(entry, route, client,
-						   route & ~ROUTE_PROBATION,
-						   now)) {
+				   __sync_val_compare_and_swap(
+					   &entry->route, route,
+					   route & ~ROUTE_PROBATION) == route) {
+				/* One swap: the way is never busy, so no
+				 * other CPU misses the client meanwhile. */
+				entry->last_seen_ns = now;
 				res->affinity_events |= 1 << AFFINITY_PROMOTE;
 			}
 			return forward(ctx, be);
@@ -321,9 +324,11 @@ static __always_inline int balance(struct xdp_md *ctx, struct result *res)
 		return no_backend(vip);
 	res->backend_id = id;
 
+	if (probation && !admits(&pkt))
+		return forward(ctx, be);
 	if (!bucket)
 		res->affinity_events |= 1 << AFFINITY_INSERT_FAILED;
-	else if (!probation || admits(&pkt))
+	else
 		pin(bucket, entry, route, client, vip, id, be->generation,
 		    probation, now, res);
 	return forward(ctx, be);

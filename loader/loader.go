@@ -33,8 +33,9 @@ func DefaultOptions() Options {
 }
 
 // Limits the datapath's encodings put on the options: an affinity entry
-// holds the VIP id and the backend id in 16 bits each, and VIP id 0xffff
-// marks a way being written (ROUTE_BUSY in bpf/affinity.h).
+// holds the VIP id in 15 bits (the 16th is the probation flag) and the
+// backend id in 16, and VIP id 0x7fff marks a way being written (ROUTE_BUSY
+// in bpf/affinity.h).
 const (
 	MaxVIPsLimit          = 0x7fff
 	MaxBackendsLimit      = 0x10000

@@ -159,12 +159,13 @@ func (t affinityTable) get(key AffinityKey) (Affinity, error) {
 // last-seen stamp; nil keeps none.
 type keepWay func(route, lastSeen uint64) bool
 
-// victim is the way a client without one takes: the first empty way, else
-// the least recently seen one no writer holds and keep does not keep (the
-// first of equals). When every other way is kept, none (nil); when
-// writers hold the rest, way 0, busy.
+// victim is the way a client without one takes, and its route as judged:
+// the first empty way, else the least recently seen one no writer holds and
+// keep does not keep (the first of equals). When keep keeps every way no
+// writer holds, none (nil), unless a writer holds one: way 0, busy.
 func victim(b *loader.TetherAffinityBucket, keep keepWay) (*loader.TetherAffinityEntry, uint64) {
 	var v *loader.TetherAffinityEntry
+	var vRoute uint64
 	busy := false
 	for w := range b.Way {
 		e := &b.Way[w]
@@ -176,12 +177,12 @@ func victim(b *loader.TetherAffinityBucket, keep keepWay) (*loader.TetherAffinit
 			busy = true
 		case keep != nil && keep(r, e.LastSeenNs):
 		case v == nil || e.LastSeenNs < v.LastSeenNs:
-			v = e
+			v, vRoute = e, r
 		}
 	}
 	switch {
 	case v != nil:
-		return v, atomic.LoadUint64(&v.Route)
+		return v, vRoute
 	case busy:
 		return &b.Way[0], routeBusy
 	}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -367,9 +368,11 @@ func RunHealthChild(args []string, in io.Reader, out io.Writer) error {
 // their own; stop ends them sooner.
 func busyLoops(limit time.Duration) (stop func(), err error) {
 	var loops []*exec.Cmd
+	// SIGTERM, which timeout passes on to its shell; a SIGKILL would leave
+	// the shell spinning.
 	stop = func() {
 		for _, loop := range loops {
-			_ = loop.Process.Kill()
+			_ = loop.Process.Signal(syscall.SIGTERM)
 			_ = loop.Wait()
 		}
 	}

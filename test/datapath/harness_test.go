@@ -108,7 +108,7 @@ func (h *harness) compare(frame []byte) (model.Result, error) {
 			return want, fmt.Errorf("program did not write the affinity entry the model wrote: %w", err)
 		}
 		modelEntry, _ := h.fake.Affinity(want.AffinityKey)
-		if got.Backend != modelEntry.Backend || got.Generation != modelEntry.Generation {
+		if got.Backend != modelEntry.Backend || got.Generation != modelEntry.Generation || got.Probationary != modelEntry.Probationary {
 			return want, fmt.Errorf("affinity entry %+v, model says %+v", got, modelEntry)
 		}
 		if got.LastSeen < before || got.LastSeen > after {

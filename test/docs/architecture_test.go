@@ -41,8 +41,8 @@ func TestArchitectureReferences(t *testing.T) {
 		n, _ := strconv.Atoi(line)
 		lines := linesOf(t, target)
 		symbol := strings.TrimSuffix(name[strings.LastIndex(name, ".")+1:], "()")
-		if n < 1 || n > len(lines) || !strings.Contains(lines[n-1], symbol) {
-			t.Errorf("%s: line %d of %s does not name %s; %s", ref[0], n, path, symbol, whereNow(lines, symbol))
+		if n < 1 || n > len(lines) || !declares(symbol).MatchString(lines[n-1]) {
+			t.Errorf("%s: line %d of %s does not declare %s; %s", ref[0], n, path, symbol, whereNow(lines, symbol))
 		}
 	}
 }
@@ -63,9 +63,16 @@ func linesOf(t *testing.T, path string) []string {
 	return lines
 }
 
+// declares matches a line that declares symbol: a Go func, method, type,
+// var or block member, or a C definition starting at the line's start.
+func declares(symbol string) *regexp.Regexp {
+	name := regexp.QuoteMeta(symbol)
+	return regexp.MustCompile(`^(func (\([^)]*\) )?|type |var |\t)` + name + `\b|^(\S.*\b)?` + name + `\(`)
+}
+
 // whereNow says where symbol is declared now, to fix the link with.
 func whereNow(lines []string, symbol string) string {
-	declaration := regexp.MustCompile(`^(func (\([^)]*\) )?|type |var |\t)` + regexp.QuoteMeta(symbol) + `\b|^\S.*\b` + regexp.QuoteMeta(symbol) + `\(`)
+	declaration := declares(symbol)
 	for i, l := range lines {
 		if declaration.MatchString(l) {
 			return "it is declared at line " + strconv.Itoa(i+1) + " now"

@@ -199,7 +199,8 @@ func TestStarvedLoadBalancer(t *testing.T) {
 			t.Fatalf("starting a busy loop: %v", err)
 		}
 		loops = append(loops, loop)
-		t.Cleanup(func() { _ = loop.Process.Kill(); _ = loop.Wait() })
+		// SIGTERM, which timeout passes on to its shell.
+		t.Cleanup(func() { _ = loop.Process.Signal(syscall.SIGTERM); _ = loop.Wait() })
 	}
 	for _, loop := range loops {
 		_ = loop.Wait()

@@ -93,8 +93,10 @@ type vipRuntime struct {
 	table        []maps.BackendID
 	tableVersion uint64
 	failingOpen  bool
-	// guarded: so many of its backends fail that pinned clients stay.
-	guarded bool
+	// guarded: so many of its backends fail that pinned clients stay;
+	// guardEnded is when that last stopped.
+	guarded    bool
+	guardEnded time.Time
 }
 
 // Options configure a Daemon.

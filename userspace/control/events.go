@@ -145,8 +145,7 @@ func (d *Daemon) reviewPlans() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, v := range d.state.VIPs {
-		plan := planVIP(v, d.facts(v))
-		d.noteGuard(v, plan.Guarded)
+		plan := d.plan(v)
 		if !d.planned(plan) {
 			continue
 		}

@@ -138,10 +138,22 @@ func TestSlowNodeKeepsSessionsForTheGrace(t *testing.T) {
 	tb.daemon.reviewPlans()
 	expect("inconclusive", maps.BackendDraining, generation, true)
 
-	// The guard ends: the grace is over, its clients move.
+	// A restart keeps it unhealthy, draining, probed from that state.
+	tb.daemon = tb.start(tb.daemon.state, "")
+	expect("restarted", maps.BackendDraining, generation, false)
+	if call, ok := tb.checker.checked(backendCheckID(id)); !ok || call.initial != health.Unhealthy {
+		t.Fatalf("after a restart b3's check is %+v (%t), want one starting unhealthy", call, ok)
+	}
+	tb.daemon.HealthResult(health.Result{ID: other, State: health.Up, Err: soft})
+
+	// The guard ends: the grace starts again from there, then its clients
+	// move.
 	tb.daemon.HealthResult(health.Result{ID: other, State: health.Up})
 	tb.daemon.reviewPlans()
-	expect("guard over", maps.BackendDown, generation+1, false)
+	expect("guard over", maps.BackendDraining, generation, false)
+	clock.advance(45 * time.Second)
+	tb.daemon.reviewPlans()
+	expect("a grace after the guard", maps.BackendDown, generation+1, false)
 
 	// Back up: nobody's generation changes.
 	tb.daemon.HealthResult(health.Result{ID: backendCheckID(id), State: health.Up, Changed: true, Reason: "2 consecutive successes"})

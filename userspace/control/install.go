@@ -155,6 +155,13 @@ func (d *Daemon) resolve(ctx context.Context, b Backend, rt *backendRuntime) {
 	rt.nextHop, rt.resolveErr = hop, nil
 }
 
+// plan is planVIP of v, with the VIP's mass-failure guard brought up to
+// date first: the end of a guard restarts every session grace.
+func (d *Daemon) plan(v VIP) vipPlan {
+	d.noteGuard(v, guarded(v, d.facts(v)))
+	return planVIP(v, d.facts(v))
+}
+
 // facts collects what planVIP needs to know of v's backends.
 func (d *Daemon) facts(v VIP) map[maps.BackendID]backendFacts {
 	now := d.opts.Now()
@@ -164,7 +171,13 @@ func (d *Daemon) facts(v VIP) map[maps.BackendID]backendFacts {
 		f := backendFacts{Reachable: rt.resolveErr == nil && rt.nextHop.MAC != nil, Checked: rt.checked,
 			Health: rt.health, Failing: rt.failing, Datapath: rt.datapath}
 		if rt.health == health.Unhealthy {
-			f.Unhealthy = now.Sub(rt.unhealthySince)
+			// The grace runs from when it became unhealthy, or from the
+			// end of a mass failure, whichever is later.
+			since := rt.unhealthySince
+			if vrt := d.vips[v.ID]; vrt != nil && vrt.guardEnded.After(since) {
+				since = vrt.guardEnded
+			}
+			f.Unhealthy = now.Sub(since)
 		}
 		out[b.ID] = f
 	}
@@ -184,8 +197,7 @@ type backendWrite struct {
 // down entry either.
 func (d *Daemon) installVIP(v VIP, seed uint32) error {
 	started := time.Now()
-	plan := planVIP(v, d.facts(v))
-	d.noteGuard(v, plan.Guarded)
+	plan := d.plan(v)
 	usable, goingDown := d.entries(v, plan)
 	if err := d.writeBackends(usable); err != nil {
 		return err
@@ -414,6 +426,9 @@ func (d *Daemon) noteGuard(v VIP, guarded bool) {
 		return
 	}
 	rt.guarded = guarded
+	if !guarded {
+		rt.guardEnded = d.opts.Now()
+	}
 	if guarded {
 		d.log.Error("MASS FAILURE: most backends fail at once, likely the LB's own fault or fleet-wide; every pinned client stays where it is (gone nodes still lose theirs)",
 			"vip", v.VIPRef.String(), "threshold_percent", v.MassFailurePercent)

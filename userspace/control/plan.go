@@ -98,9 +98,11 @@ func planBackend(v VIP, b Backend, f backendFacts, failOpen, guarded bool) backe
 }
 
 // guarded reports whether at least the VIP's mass-failure share of its
-// checked backends (and at least two) fail at once: the fault is then
-// more likely the LB's own (CPU starvation, its network) or fleet-wide (a
-// reconnect storm) than each node's.
+// checked backends, and at least two, fail softly at once (their latest
+// probe failed, or they are unhealthy): the fault is then more likely the
+// LB's own (CPU starvation) or fleet-wide (a reconnect storm) than each
+// node's. Backends that hard evidence took down are gone, not failing:
+// they count among the checked ones only.
 func guarded(v VIP, facts map[maps.BackendID]backendFacts) bool {
 	checked, failing := 0, 0
 	for _, b := range v.Backends {
@@ -109,7 +111,7 @@ func guarded(v VIP, facts map[maps.BackendID]backendFacts) bool {
 			continue
 		}
 		checked++
-		if f.Failing || f.Health != health.Up {
+		if f.Health != health.Down && (f.Failing || f.Health == health.Unhealthy) {
 			failing++
 		}
 	}

@@ -101,6 +101,9 @@ type fakeChecker struct {
 func newFakeChecker() *fakeChecker { return &fakeChecker{current: map[string]checkCall{}} }
 
 func (c *fakeChecker) Set(id string, target netip.AddrPort, check health.Check, initial health.State) error {
+	if initial != health.Up && initial != health.Down && initial != health.Unhealthy {
+		return fmt.Errorf("initial state %s is none the scheduler accepts", initial)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.current[id] = checkCall{target: target, check: check, initial: initial}

@@ -131,9 +131,10 @@ func (d *Daemon) view() view {
 	return out
 }
 
-// pinnedCounts counts every backend's fresh affinity entries in one pass
-// over the affinity map: entries of its VIP, with its current generation,
-// seen within the VIP's affinity timeout.
+// pinnedCounts counts every backend's fresh established affinity entries
+// in one pass over the affinity map: entries of its VIP, with its current
+// generation, seen within the VIP's affinity timeout. Entries on probation
+// are left out: a flood of forged SYNs must not hold up a drain.
 func (vw view) pinnedCounts(m maps.Maps) (map[maps.BackendID]int, error) {
 	type owner struct {
 		vip        *vipView
@@ -150,7 +151,7 @@ func (vw view) pinnedCounts(m maps.Maps) (map[maps.BackendID]int, error) {
 	counts := map[maps.BackendID]int{}
 	err := m.ForEachAffinity(func(key maps.AffinityKey, a maps.Affinity) {
 		o, ok := owners[a.Backend]
-		if !ok || key.VIPID != o.vip.ID || a.Generation != o.generation {
+		if !ok || a.Probationary || key.VIPID != o.vip.ID || a.Generation != o.generation {
 			return
 		}
 		if maps.Fresh(now, a.LastSeen, o.vip.AffinityTimeout) {

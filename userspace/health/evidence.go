@@ -11,15 +11,18 @@ import (
 // A failed probe is evidence of one of two kinds.
 //
 // Hard evidence says the node is gone: the TCP handshake was refused or
-// reset, or the kernel found no route or no neighbour for it. A frozen,
-// overloaded or garbage-collecting process still has its kernel complete
-// the handshake, so none of these happens to a node that is merely slow.
+// reset, or the kernel could not resolve the node's neighbour entry (host
+// unreachable, host down). A frozen, overloaded or garbage-collecting
+// process still has its kernel complete the handshake, so none of these
+// happens to a node that is merely slow.
 //
 // Everything else is soft: the handshake completed but the answer was late,
 // cut off or wrong, or the handshake itself was not answered in time (a
 // node whose accept queue is full drops SYNs as silently as a dead host;
 // a dead host on the LB's segment soon fails neighbour resolution, which is
-// hard evidence).
+// hard evidence). "Network unreachable" and "network down" are soft too:
+// they speak of the LB's own link and routes, and would otherwise take
+// every node down at once.
 
 // hardFailure marks a probe error as hard evidence.
 type hardFailure struct{ err error }
@@ -35,10 +38,7 @@ func IsHard(err error) bool {
 }
 
 // goneErrnos are the connect errors that only a gone node causes.
-var goneErrnos = []syscall.Errno{
-	syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EHOSTUNREACH,
-	syscall.ENETUNREACH, syscall.EHOSTDOWN, syscall.ENETDOWN,
-}
+var goneErrnos = []syscall.Errno{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EHOSTUNREACH, syscall.EHOSTDOWN}
 
 // dialFailure classifies an error of establishing a probe's connection.
 func dialFailure(err error) error {

@@ -65,13 +65,19 @@ func TestStallMonitor(t *testing.T) {
 		want     time.Duration
 	}{
 		{-100, -1, 0},
-		{10, 20, 50 * time.Millisecond},
-		{40, 120, 200 * time.Millisecond},
+		{10, 20, 10 * time.Millisecond},
+		{40, 120, 30 * time.Millisecond},
+		{-10, 400, 250 * time.Millisecond},
 		{301, 400, 0},
 	} {
-		if got := m.longest(at(c.from), at(c.to)); got != c.want {
-			t.Errorf("longest stall in [%d, %d] ms = %s, want %s", c.from, c.to, got, c.want)
+		if got := m.stalled(at(c.from), at(c.to)); got != c.want {
+			t.Errorf("stalled in [%d, %d] ms = %s, want %s", c.from, c.to, got, c.want)
 		}
+	}
+	// A stall still going on: the monitor last woke 300 ms before the end.
+	m.lastWake.Store(at(700).UnixNano())
+	if got := m.stalled(at(900), at(1000)); got != 100*time.Millisecond {
+		t.Errorf("stalled in [900, 1000] ms after a wake-up at 700 = %s, want 100ms", got)
 	}
 	m.record(stall{start: at(0).Add(2 * stallWindow), end: at(10).Add(2 * stallWindow)})
 	if len(m.stalls) != 1 {

@@ -135,8 +135,8 @@ func (s *Scheduler) Set(id string, target netip.AddrPort, check Check, initial S
 	if err != nil {
 		return fmt.Errorf("setting health check of %q: %w", id, err)
 	}
-	if initial != Up && initial != Down {
-		return fmt.Errorf("setting health check of %q: initial state %s must be up or down", id, initial)
+	if initial != Up && initial != Down && initial != Unhealthy {
+		return fmt.Errorf("setting health check of %q: initial state %s must be up, unhealthy or down", id, initial)
 	}
 
 	s.mu.Lock()
@@ -317,7 +317,7 @@ func (s *Scheduler) runJob(ctx context.Context, job probeJob, onResult func(Resu
 		s.requeue(job, false)
 		return
 	}
-	inconclusive := err != nil && isTimeout(err) && s.stalls.longest(started, time.Now()) >= job.check.Timeout/4
+	inconclusive := err != nil && isTimeout(err) && s.stalls.stalled(started, time.Now()) >= job.check.Timeout/4
 	result, current := s.record(job, err, inconclusive, started, latency)
 	if current && onResult != nil {
 		onResult(result)

@@ -426,7 +426,7 @@ func TestSchedulerSetRejectsBadInput(t *testing.T) {
 		{"bad check", "a", live, Check{Kind: KindHTTP, Method: "PUT"}, Up, `setting health check of "a": health check method "PUT" must be GET or HEAD`},
 		{"no address", "a", netip.AddrPort{}, Check{}, Up, "has no IP address"},
 		{"no port", "a", netip.AddrPortFrom(live.Addr(), 0), Check{}, Up, "has port 0"},
-		{"bad initial state", "a", live, Check{}, State(3), "initial state State(3) must be up or down"},
+		{"bad initial state", "a", live, Check{}, State(3), "initial state State(3) must be up, unhealthy or down"},
 	}
 	for _, test := range tests {
 		t.Run(test.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +20,9 @@ const stallWindow = time.Minute
 type stallMonitor struct {
 	mu     sync.Mutex
 	stalls []stall // oldest first, none older than stallWindow
+	// lastWake is when the monitor last ran (Unix ns): a stall still going
+	// on shows as a lastWake long past.
+	lastWake atomic.Int64
 }
 
 // stall is one late wake-up: the process could not run from start to end
@@ -32,11 +36,13 @@ func (m *stallMonitor) run(ctx context.Context) {
 	timer := time.NewTimer(stallTick)
 	defer timer.Stop()
 	due := time.Now().Add(stallTick)
+	m.lastWake.Store(time.Now().UnixNano())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-timer.C:
+			m.lastWake.Store(now.UnixNano())
 			if late := now.Sub(due); late > stallTick {
 				m.record(stall{start: due, end: now})
 			}
@@ -56,15 +62,32 @@ func (m *stallMonitor) record(s stall) {
 	m.stalls = append(m.stalls[keep:], s)
 }
 
-// longest returns the longest stall that overlaps [from, to].
-func (m *stallMonitor) longest(from, to time.Time) time.Duration {
+// stalled returns how much of [from, to] this process could not run on
+// time: the recorded stalls that overlap it, and one still going on (the
+// monitor has not woken for two ticks), which a probe may notice before
+// the monitor does.
+func (m *stallMonitor) stalled(from, to time.Time) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var worst time.Duration
-	for _, s := range m.stalls {
-		if s.end.After(from) && s.start.Before(to) {
-			worst = max(worst, s.end.Sub(s.start))
+	var total time.Duration
+	overlap := func(start, end time.Time) {
+		if start.Before(from) {
+			start = from
+		}
+		if end.After(to) {
+			end = to
+		}
+		if end.After(start) {
+			total += end.Sub(start)
 		}
 	}
-	return worst
+	for _, s := range m.stalls {
+		overlap(s.start, s.end)
+	}
+	if wake := m.lastWake.Load(); wake != 0 {
+		if since := time.Unix(0, wake).Add(stallTick); to.Sub(since) > stallTick {
+			overlap(since, to)
+		}
+	}
+	return total
 }
