@@ -89,6 +89,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reload <-chan os.Sig
 		return err
 	}
 	defer release()
+	state, found, err := loadState(cfg)
+	if err != nil {
+		return err
+	}
 	if err := mountBPFFS(cfg.BPFFS, log); err != nil {
 		return err
 	}
@@ -102,7 +106,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reload <-chan os.Sig
 		return err
 	}
 	defer ln.Close()
-	h, err := open(ctx, cfg, iface.Index, log)
+	h, err := open(ctx, cfg, state, found, iface.Index, log)
 	if err != nil {
 		return err
 	}
@@ -158,24 +162,30 @@ type host struct {
 	programID uint32
 }
 
-// open loads or adopts the datapath and writes the desired state (the
-// state file, merged with the config file) into it.
-func open(ctx context.Context, cfg Config, ifindex int, log *slog.Logger) (*host, error) {
+// loadState reads the state file, if found, and merges the config file
+// into it: nothing is written.
+func loadState(cfg Config) (state control.State, found bool, err error) {
+	state, found, err = control.LoadState(filepath.Join(cfg.StateDir, "state.json"))
+	if err != nil {
+		return control.State{}, false, err
+	}
+	if cfg.ConfigFile != "" {
+		if state, err = control.MergeConfigFile(state, cfg.ConfigFile); err != nil {
+			return control.State{}, false, err
+		}
+	}
+	return state, found, nil
+}
+
+// open loads or adopts the datapath and writes the desired state into it;
+// found says the state came from a state file.
+func open(ctx context.Context, cfg Config, state control.State, found bool, ifindex int, log *slog.Logger) (*host, error) {
 	h := &host{cfg: cfg, log: log, statePath: filepath.Join(cfg.StateDir, "state.json"),
 		pinDir: loader.PinDir(cfg.BPFFS, cfg.Interface), checker: health.NewScheduler(cfg.CheckWorkers)}
 	var observer control.Observer // events are dropped without /metrics
 	if cfg.MetricsAddr != "" {
 		h.events = metrics.NewEvents()
 		observer = h.events
-	}
-	state, found, err := control.LoadState(h.statePath)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.ConfigFile != "" {
-		if state, err = control.MergeConfigFile(state, cfg.ConfigFile); err != nil {
-			return nil, err
-		}
 	}
 	adopted, err := h.openDatapath()
 	if err != nil {
