@@ -23,6 +23,16 @@ func withFlags(flags uint8) func(*packets.Spec) {
 	return func(s *packets.Spec) { s.TCPFlags = flags }
 }
 
+// fixtureWithCapacity is the fixture over an affinity table sized for
+// capacity clients.
+func fixtureWithCapacity(t *testing.T, capacity uint32) *harness {
+	opts := testOptions
+	opts.AffinityCapacity = capacity
+	h := newHarnessWith(t, opts)
+	h.setupFixture()
+	return h
+}
+
 // entryOf returns the kernel's affinity entry of an IPv4 client of VIP 0.
 func entryOf(t *testing.T, h *harness, client netip.Addr) (maps.Affinity, bool) {
 	t.Helper()
@@ -108,10 +118,7 @@ func TestAdmission(t *testing.T) {
 // or its backend.
 func TestFloodKeepsEstablishedClients(t *testing.T) {
 	const capacity = 1024
-	opts := testOptions
-	opts.AffinityCapacity = capacity
-	h := newHarnessWith(t, opts)
-	h.setupFixture()
+	h := fixtureWithCapacity(t, capacity)
 	established := map[netip.Addr]maps.BackendID{}
 	for i := range capacity {
 		client := netip.AddrFrom4([4]byte{198, 18, 4 + byte(i>>8), byte(i)})
@@ -176,10 +183,7 @@ func TestFloodKeepsEstablishedClients(t *testing.T) {
 // established client: wait until it leaves.
 func TestOnlyExpiryDisplacesEstablished(t *testing.T) {
 	const capacity = 64
-	opts := testOptions
-	opts.AffinityCapacity = capacity
-	h := newHarnessWith(t, opts)
-	h.setupFixture()
+	h := fixtureWithCapacity(t, capacity)
 	buckets := loader.AffinityBuckets(capacity)
 	keyOf := func(a netip.Addr) maps.AffinityKey { return maps.AffinityKey{VIPID: 0, Client: maps.ClientKey(a, 32)} }
 	var sameBucket []netip.Addr

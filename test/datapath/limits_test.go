@@ -100,10 +100,7 @@ func backendAddr(n int) netip.Addr {
 // comes back gets the backend it had, chosen again by Maglev.
 func TestAffinityMapFull(t *testing.T) {
 	const capacity = 1024
-	opts := testOptions
-	opts.AffinityCapacity = capacity
-	h := newHarnessWith(t, opts)
-	h.setupFixture()
+	h := fixtureWithCapacity(t, capacity)
 	clients := 8 * capacity
 	firstBackend := make([]maps.BackendID, clients)
 	for i := range clients {

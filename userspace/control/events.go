@@ -16,15 +16,15 @@ import (
 // ends. It never waits for the daemon's main lock, so a slow change or
 // resolution cannot make the watchdog fire.
 func (d *Daemon) Heartbeat(ctx context.Context, every time.Duration) {
-	tick(ctx, every, func() {
+	Every(ctx, every, func() {
 		if err := d.updateSettings(func(s *maps.Settings) { s.Watchdog = monotonicNow() }); err != nil {
 			d.log.Error("writing watchdog heartbeat", "error", err)
 		}
 	})
 }
 
-// tick calls fn every interval until ctx ends.
-func tick(ctx context.Context, every time.Duration, fn func()) {
+// Every calls fn every interval until ctx ends.
+func Every(ctx context.Context, every time.Duration, fn func()) {
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	for {
@@ -125,7 +125,7 @@ type recheck struct {
 // while the kernel answers, then installing what changed; and retrying
 // VIPs whose last install failed.
 func (d *Daemon) Maintain(ctx context.Context, every time.Duration) {
-	tick(ctx, every, func() { d.maintainOnce(ctx) })
+	Every(ctx, every, func() { d.maintainOnce(ctx) })
 }
 
 func (d *Daemon) maintainOnce(ctx context.Context) {

@@ -237,17 +237,10 @@ func (h *host) unknownPins() error {
 // still there, and says so in the log, status and metrics when one goes.
 func (h *host) watchPins(ctx context.Context, every time.Duration) {
 	reported := ""
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
+	control.Every(ctx, every, func() {
 		problem := loader.PinsIntact(h.pinDir)
 		if problem == reported {
-			continue
+			return
 		}
 		if problem != "" {
 			h.log.Error("DATAPATH PINS REMOVED: a detach or another tool removed them; forwarding or client affinity may be lost", "problem", problem)
@@ -256,7 +249,7 @@ func (h *host) watchPins(ctx context.Context, every time.Duration) {
 		}
 		reported = problem
 		h.daemon.SetDatapathProblem(problem)
-	}
+	})
 }
 
 // openDatapath loads the program and maps, or adopts the pinned ones; it
