@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -113,24 +114,68 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	server := &http.Server{
 		Handler:           s.authorize(mux),
 		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       apiReadTimeout,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, peerKey{}, peerCredentials(c))
 		},
 	}
+	// One request per connection: an idle keep-alive connection must not
+	// hold one of the few slots.
+	server.SetKeepAlivesEnabled(false)
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = server.Shutdown(shutdown)
 	}()
-	if err := server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := server.Serve(limitListener{Listener: ln, slots: make(chan struct{}, maxAPIConnections)}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving control API: %w", err)
 	}
 	return nil
 }
 
+// apiReadTimeout bounds how long a request, body included, may take to
+// arrive: a client that sends slowly cannot hold a connection for ever.
+var apiReadTimeout = 10 * time.Second
+
+// maxAPIConnections is how many control connections are served at once;
+// more wait to be accepted.
+const maxAPIConnections = 64
+
+// limitListener accepts a connection only while fewer than cap(slots) are
+// open.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &slotConn{Conn: c, release: func() { <-l.slots }}, nil
+}
+
+// slotConn gives its slot back once, when closed.
+type slotConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *slotConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
 // peerCredentials reads the connecting process's uid and gid.
 func peerCredentials(c net.Conn) *unix.Ucred {
+	if sc, ok := c.(*slotConn); ok {
+		c = sc.Conn
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return nil
@@ -220,6 +265,9 @@ func decode(r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return invalid(fmt.Errorf("request body: %w", err))
 	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return invalid(errors.New("request body: data after the JSON object, expected one object"))
+	}
 	return nil
 }
 
@@ -233,10 +281,16 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) addVIP(w http.ResponseWriter, r *http.Request) {
-	var v VIP
+	// Fields the request leaves out get the defaults the CLI and the
+	// config file give; the source is always the API's.
+	v := NewVIP(VIPRef{})
 	if err := decode(r, &v); err != nil {
 		s.fail(w, err)
 		return
+	}
+	v.Source = SourceCLI
+	for i := range v.Backends {
+		v.Backends[i].Source = SourceCLI
 	}
 	if err := s.daemon.AddVIP(r.Context(), v); err != nil {
 		s.fail(w, err)
@@ -259,11 +313,12 @@ func (s *Server) removeVIP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) addBackend(w http.ResponseWriter, r *http.Request) {
-	var req BackendRequest
+	req := BackendRequest{Backend: Backend{Weight: DefaultWeight}}
 	if err := decode(r, &req); err != nil {
 		s.fail(w, err)
 		return
 	}
+	req.Backend.Source = SourceCLI
 	if err := s.daemon.AddBackend(r.Context(), req.VIP, req.Backend); err != nil {
 		s.fail(w, err)
 		return

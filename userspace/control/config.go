@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -91,7 +90,7 @@ func (c ConfigCheck) check() (health.Check, error) {
 		return health.Check{}, err
 	}
 	out = out.WithDefaults()
-	return out, oneLine(out.Validate())
+	return out, validateCheck(out)
 }
 
 // ParseConfig reads a config file's contents; unknown fields are errors.
@@ -100,6 +99,12 @@ func ParseConfig(r io.Reader) (Config, error) {
 	dec := yaml.NewDecoder(r)
 	dec.KnownFields(true)
 	err := dec.Decode(&cfg)
+	if err == nil {
+		var next yaml.Node
+		if dec.Decode(&next) == nil {
+			return Config{}, errors.New("the file holds a second YAML document (after ---), expected one")
+		}
+	}
 	var typeErr *yaml.TypeError
 	switch {
 	case err == nil, errors.Is(err, io.EOF):
@@ -264,9 +269,9 @@ func mergeBackends(current, declared []Backend) []Backend {
 }
 
 func readConfig(path string) (Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readSmallFile("config file", path)
 	if err != nil {
-		return Config{}, fmt.Errorf("reading config file: %w", err)
+		return Config{}, err
 	}
 	cfg, err := ParseConfig(bytes.NewReader(data))
 	if err != nil {
@@ -296,10 +301,15 @@ func (d *Daemon) ReloadConfig(ctx context.Context, path string) error {
 		return err
 	}
 	stride := d.opts.Maps.Limits().TableStride
-	return d.change(ctx, func(s *State) error {
+	var removed []string
+	err = d.change(ctx, func(s *State) error {
 		merged, err := cfg.Merge(*s)
 		if err != nil {
 			return invalid(fmt.Errorf("config file %s: %w", path, err))
+		}
+		removed = removedVIPs(*s, merged)
+		if cfg.VIPs == nil && len(removed) > 0 {
+			return invalid(fmt.Errorf("config file %s has no vips key (empty, only comments, or cut short?) and would remove all %d VIPs it declared: write \"vips: []\" to remove them", path, len(removed)))
 		}
 		for i := range merged.VIPs {
 			merged.VIPs[i] = merged.VIPs[i].withDefaults(stride)
@@ -307,4 +317,19 @@ func (d *Daemon) ReloadConfig(ctx context.Context, path string) error {
 		*s = merged
 		return nil
 	})
+	if err == nil && len(removed) > 0 {
+		d.log.Warn("config reload removed VIPs, and with them their clients' affinity", "path", path, "vips", strings.Join(removed, ", "))
+	}
+	return err
+}
+
+// removedVIPs names the VIPs of before that after lacks.
+func removedVIPs(before, after State) []string {
+	var out []string
+	for _, v := range before.VIPs {
+		if _, err := findVIP(&after, v.VIPRef); err != nil {
+			out = append(out, v.VIPRef.String())
+		}
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -325,5 +326,50 @@ func TestConfigSeedZeroIsRefused(t *testing.T) {
 	}
 	if _, err := cfg.Merge(State{Seed: DefaultSeed}); err == nil || !strings.Contains(err.Error(), "seed 0") {
 		t.Fatalf("merging seed 0: %v, want an error naming it", err)
+	}
+}
+
+// TestReloadRefusesWhatLooksLikeAMistake: a reload of an empty, comment-only
+// or cut-short file would remove every VIP the file declared; it is refused
+// and changes nothing, while "vips: []" says it is meant. A second YAML
+// document, a FIFO and a device are refused too.
+func TestReloadRefusesWhatLooksLikeAMistake(t *testing.T) {
+	dir := t.TempDir()
+	configPath := filepath.Join(dir, "tether.yaml")
+	writeConfig(t, configPath, "vips:\n  - vip: 198.18.1.1:80\n"+fileBackends("f-1=10.0.0.1"))
+	merged, err := MergeConfigFile(State{Seed: DefaultSeed}, configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := &testBed{t: t, maps: maps.NewFake(testLimits), resolver: newFakeResolver(), checker: newFakeChecker()}
+	tb.daemon = tb.start(merged, filepath.Join(dir, "state.json"))
+	before := tb.snapshot()
+	for name, text := range map[string]string{
+		"empty":             "",
+		"only comments":     "# tether\n# nothing yet\n",
+		"cut short":         "seed: 1952805992\n",
+		"a second document": "vips:\n  - vip: 198.18.1.1:80\n" + fileBackends("f-1=10.0.0.1") + "---\nvips: []\n",
+	} {
+		writeConfig(t, configPath, text)
+		if err := tb.daemon.ReloadConfig(t.Context(), configPath); err == nil {
+			t.Fatalf("reloading a config file that is %s succeeded", name)
+		}
+		tb.assertUnchanged(before)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{fifo, "/dev/zero"} {
+		if err := tb.daemon.ReloadConfig(t.Context(), path); err == nil || !strings.Contains(err.Error(), "expected a regular file") {
+			t.Fatalf("reloading %s: %v, want a refusal", path, err)
+		}
+	}
+	writeConfig(t, configPath, "vips: []\n")
+	if err := tb.daemon.ReloadConfig(t.Context(), configPath); err != nil {
+		t.Fatalf("reloading an explicitly empty list: %v", err)
+	}
+	if n := len(tb.status().VIPs); n != 0 {
+		t.Fatalf("%d VIPs left after \"vips: []\"", n)
 	}
 }

@@ -165,10 +165,45 @@ func checkServiceAddr(what string, a netip.Addr) error {
 		return fmt.Errorf("%s %q has a zone, expected a global address", what, a)
 	case a.Is4In6():
 		return fmt.Errorf("%s %s is IPv4-mapped IPv6, expected plain IPv4 (%s)", what, a, a.Unmap())
-	case a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsLoopback():
+	case a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsLoopback(), a == limitedBroadcast:
 		return fmt.Errorf("%s %s is not a unicast address a host can serve", what, a)
 	}
 	return nil
+}
+
+// limitedBroadcast is 255.255.255.255: a VIP there would catch DHCP.
+var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// maxFileBytes bounds the state and config files the daemon reads.
+const maxFileBytes = 16 << 20
+
+// readSmallFile reads a regular file of at most maxFileBytes: a FIFO, a
+// device (/dev/zero) or a huge file is an error, not a hang or an
+// out-of-memory crash.
+func readSmallFile(what, path string) ([]byte, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", what, err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("reading %s: %s is a %s, expected a regular file", what, path, info.Mode().Type())
+	}
+	if info.Size() > maxFileBytes {
+		return nil, fmt.Errorf("reading %s: %s has %d bytes, expected at most %d", what, path, info.Size(), maxFileBytes)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", what, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", what, err)
+	}
+	if len(data) > maxFileBytes {
+		return nil, fmt.Errorf("reading %s: %s grew past %d bytes while read", what, path, maxFileBytes)
+	}
+	return data, nil
 }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -282,8 +317,34 @@ func (v VIP) validateSettings() error {
 	if err := checkMassFailurePercent(v.MassFailurePercent); err != nil {
 		return err
 	}
-	if err := v.Check.Validate(); err != nil {
-		return fmt.Errorf("VIP %s: %w", v.VIPRef, oneLine(err))
+	if err := validateCheck(v.Check); err != nil {
+		return fmt.Errorf("VIP %s: %w", v.VIPRef, err)
+	}
+	return nil
+}
+
+// Bounds of a health check an operator may set: probing more often than
+// every 100 ms burns a core per backend; a timeout under 10 ms measures the
+// scheduler, not the backend.
+const (
+	minCheckInterval = 100 * time.Millisecond
+	maxCheckInterval = time.Hour
+	minCheckTimeout  = 10 * time.Millisecond
+)
+
+// validateCheck checks a health check and its bounds, in one line.
+func validateCheck(c health.Check) error {
+	if err := c.Validate(); err != nil {
+		return oneLine(err)
+	}
+	if c.Kind == health.KindNone {
+		return nil
+	}
+	if c.Interval < minCheckInterval || c.Interval > maxCheckInterval {
+		return fmt.Errorf("health check interval %s is out of range, expected 100ms to 1h", c.Interval)
+	}
+	if c.Timeout < minCheckTimeout {
+		return fmt.Errorf("health check timeout %s is out of range, expected 10ms or more (and less than the interval)", c.Timeout)
 	}
 	return nil
 }
@@ -316,8 +377,8 @@ func (b Backend) validate() error {
 		return fmt.Errorf("weight %d of backend %s is out of range, expected 0 to %d", b.Weight, b.Name, MaxWeight)
 	}
 	if b.Check != nil {
-		if err := b.Check.Validate(); err != nil {
-			return fmt.Errorf("backend %s: %w", b.Name, oneLine(err))
+		if err := validateCheck(*b.Check); err != nil {
+			return fmt.Errorf("backend %s: %w", b.Name, err)
 		}
 	}
 	return nil
@@ -395,12 +456,12 @@ func (v VIP) checkFor(b Backend) (health.Check, netip.AddrPort) {
 // corrupt one is an error: the daemon must not start empty and wipe the
 // datapath.
 func LoadState(path string) (State, bool, error) {
-	data, err := os.ReadFile(path)
+	data, err := readSmallFile("state file", path)
 	if errors.Is(err, os.ErrNotExist) {
 		return State{Seed: DefaultSeed}, false, nil
 	}
 	if err != nil {
-		return State{}, false, fmt.Errorf("reading state file: %w", err)
+		return State{}, false, err
 	}
 	s, err := decodeState(data)
 	if err != nil {

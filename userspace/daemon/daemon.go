@@ -51,6 +51,11 @@ func (c Config) check() error {
 	if c.WatchdogTimeout < 0 {
 		return fmt.Errorf("watchdog timeout %s is negative, expected 0 (off) or a duration such as 30s", c.WatchdogTimeout)
 	}
+	// The heartbeat comes every second: a shorter watchdog would turn
+	// forwarding off while the daemon is healthy.
+	if c.WatchdogTimeout != 0 && (c.WatchdogTimeout < 3*time.Second || c.WatchdogTimeout > 24*time.Hour) {
+		return fmt.Errorf("watchdog timeout %s is out of range, expected 0 (off) or 3s to 24h (the heartbeat comes every second)", c.WatchdogTimeout)
+	}
 	if c.CheckWorkers < 1 {
 		return fmt.Errorf("check workers %d is out of range, expected at least 1", c.CheckWorkers)
 	}
