@@ -128,7 +128,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer cancel()
 		_ = server.Shutdown(shutdown)
 	}()
-	if err := server.Serve(limitListener{Listener: ln, slots: make(chan struct{}, maxAPIConnections)}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := server.Serve(newLimitListener(ln, maxAPIConnections)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving control API: %w", err)
 	}
 	return nil
@@ -143,14 +143,29 @@ var apiReadTimeout = 10 * time.Second
 const maxAPIConnections = 64
 
 // limitListener accepts a connection only while fewer than cap(slots) are
-// open.
+// open. Closing it ends an Accept that waits for a slot.
 type limitListener struct {
 	net.Listener
-	slots chan struct{}
+	slots  chan struct{}
+	closed chan struct{}
+	once   *sync.Once
+}
+
+func newLimitListener(ln net.Listener, n int) limitListener {
+	return limitListener{Listener: ln, slots: make(chan struct{}, n), closed: make(chan struct{}), once: &sync.Once{}}
+}
+
+func (l limitListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 func (l limitListener) Accept() (net.Conn, error) {
-	l.slots <- struct{}{}
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
 	c, err := l.Listener.Accept()
 	if err != nil {
 		<-l.slots

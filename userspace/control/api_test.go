@@ -116,3 +116,57 @@ func TestAPIDropsSlowClients(t *testing.T) {
 		t.Fatalf("a stalled request was served: %s", reply)
 	}
 }
+
+// TestAPICapsConnections: past maxAPIConnections open connections, a new
+// one waits for a slot; closing one lets it in, and the server still stops
+// at once with every slot taken.
+func TestAPICapsConnections(t *testing.T) {
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "cap.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := newLimitListener(ln, 2)
+	accepted := make(chan net.Conn, 3)
+	go func() {
+		for {
+			c, err := limited.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	for range 3 {
+		c, err := net.Dial("unix", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	first := <-accepted
+	second := <-accepted
+	defer second.Close()
+	select {
+	case <-accepted:
+		t.Fatal("a third connection was accepted with two slots")
+	case <-time.After(200 * time.Millisecond):
+	}
+	first.Close()
+	select {
+	case c := <-accepted:
+		defer c.Close() // both slots stay taken: the next Accept waits
+	case <-time.After(5 * time.Second):
+		t.Fatal("a freed slot did not let the waiting connection in")
+	}
+	time.Sleep(100 * time.Millisecond)
+	limited.Close()
+	select {
+	case _, open := <-accepted:
+		for open {
+			_, open = <-accepted
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept went on waiting for a slot after Close")
+	}
+}
