@@ -54,15 +54,15 @@ func TestAdmission(t *testing.T) {
 	t.Run("a SYN admits on probation, the handshake's ACK establishes", func(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
-		syn := h.expect(frame(client4, vip4), forwardTX)
+		syn := h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 		expectEvents(t, syn, bits(maps.AffinityMiss, maps.AffinityInsert))
 		if a, ok := entryOf(t, h, client4); !ok || !a.Probationary {
 			t.Fatalf("after a SYN the entry is %+v (found %t), want one on probation", a, ok)
 		}
 		// Retransmitted SYNs and RSTs prove nothing.
-		expectEvents(t, h.expect(frame(client4, vip4), forwardTX), bits(maps.AffinityHit))
-		expectEvents(t, h.expect(frame(client4, vip4, withFlags(packets.TCPRst)), forwardTX), bits(maps.AffinityHit))
-		ack := h.expect(frame(client4, vip4, withFlags(packets.TCPAck)), forwardTX)
+		expectEvents(t, h.expect(frame(client4, vip4), maps.OutcomeForwardTX), bits(maps.AffinityHit))
+		expectEvents(t, h.expect(frame(client4, vip4, withFlags(packets.TCPRst)), maps.OutcomeForwardTX), bits(maps.AffinityHit))
+		ack := h.expect(frame(client4, vip4, withFlags(packets.TCPAck)), maps.OutcomeForwardTX)
 		expectEvents(t, ack, bits(maps.AffinityHit, maps.AffinityPromote))
 		if ack.Backend != syn.Backend {
 			t.Fatalf("the ACK went to %d, the SYN to %d", ack.Backend, syn.Backend)
@@ -70,13 +70,13 @@ func TestAdmission(t *testing.T) {
 		if a, ok := entryOf(t, h, client4); !ok || a.Probationary {
 			t.Fatalf("after the ACK the entry is %+v (found %t), want it established", a, ok)
 		}
-		expectEvents(t, h.expect(frame(client4, vip4, withFlags(packets.TCPAck|packets.TCPPsh)), forwardTX), bits(maps.AffinityHit))
+		expectEvents(t, h.expect(frame(client4, vip4, withFlags(packets.TCPAck|packets.TCPPsh)), maps.OutcomeForwardTX), bits(maps.AffinityHit))
 	})
 	t.Run("anything but a SYN from an unknown source leaves no trace", func(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
 		for _, flags := range []uint8{packets.TCPAck, packets.TCPRst, packets.TCPSyn | packets.TCPAck, packets.TCPFin | packets.TCPAck, packets.TCPSyn | packets.TCPRst} {
-			expectEvents(t, h.expect(frame(client4, vip4, withFlags(flags)), forwardTX), bits(maps.AffinityMiss))
+			expectEvents(t, h.expect(frame(client4, vip4, withFlags(flags)), maps.OutcomeForwardTX), bits(maps.AffinityMiss))
 		}
 		if a, ok := entryOf(t, h, client4); ok {
 			t.Fatalf("an entry %+v was written", a)
@@ -86,14 +86,14 @@ func TestAdmission(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
 		key := maps.AffinityKey{VIPID: 1, Client: maps.ClientKey(client4, 32)}
-		expectEvents(t, h.expect(frame(client4, vip4UDP), forwardTX), bits(maps.AffinityMiss, maps.AffinityInsert))
-		expectEvents(t, h.expect(frame(client4, vip4UDP), forwardTX), bits(maps.AffinityHit))
+		expectEvents(t, h.expect(frame(client4, vip4UDP), maps.OutcomeForwardTX), bits(maps.AffinityMiss, maps.AffinityInsert))
+		expectEvents(t, h.expect(frame(client4, vip4UDP), maps.OutcomeForwardTX), bits(maps.AffinityHit))
 		h.apply(func(m maps.Maps) error {
 			a, err := m.Affinity(key)
 			a.LastSeen -= uint64(maps.AffinityProbation + time.Second)
 			return errorsJoin(err, m.PutAffinity(key, a))
 		})
-		expectEvents(t, h.expect(frame(client4, vip4UDP), forwardTX), bits(maps.AffinityHit, maps.AffinityPromote))
+		expectEvents(t, h.expect(frame(client4, vip4UDP), maps.OutcomeForwardTX), bits(maps.AffinityHit, maps.AffinityPromote))
 	})
 	t.Run("an established client whose backend went away stays established", func(t *testing.T) {
 		h := newHarness(t)
@@ -103,7 +103,7 @@ func TestAdmission(t *testing.T) {
 			return m.PutAffinity(maps.AffinityKey{VIPID: 0, Client: maps.ClientKey(client4, 32)},
 				maps.Affinity{Backend: 4, Generation: 1, LastSeen: monotonicCoarse()})
 		})
-		res := h.expect(frame(client4, vip4, withFlags(packets.TCPAck)), forwardTX)
+		res := h.expect(frame(client4, vip4, withFlags(packets.TCPAck)), maps.OutcomeForwardTX)
 		expectEvents(t, res, bits(maps.AffinityStale, maps.AffinityInsert))
 		if a, ok := entryOf(t, h, client4); !ok || a.Probationary || a.Backend != 1 {
 			t.Fatalf("the entry is %+v (found %t), want established on backend 1", a, ok)
@@ -122,8 +122,8 @@ func TestFloodKeepsEstablishedClients(t *testing.T) {
 	established := map[netip.Addr]maps.BackendID{}
 	for i := range capacity {
 		client := netip.AddrFrom4([4]byte{198, 18, 4 + byte(i>>8), byte(i)})
-		syn := h.expect(frame(client, vip4), forwardTX)
-		if h.expect(frame(client, vip4, withFlags(packets.TCPAck)), forwardTX).AffinityEvents&bits(maps.AffinityPromote) != 0 {
+		syn := h.expect(frame(client, vip4), maps.OutcomeForwardTX)
+		if h.expect(frame(client, vip4, withFlags(packets.TCPAck)), maps.OutcomeForwardTX).AffinityEvents&bits(maps.AffinityPromote) != 0 {
 			established[client] = syn.Backend
 		}
 	}
@@ -149,7 +149,7 @@ func TestFloodKeepsEstablishedClients(t *testing.T) {
 		}
 		for i := range 10 * capacity {
 			for _, flags := range flood.flags {
-				h.expect(frame(forged(flood.block, i), vip4, withFlags(flags)), forwardTX)
+				h.expect(frame(forged(flood.block, i), vip4, withFlags(flags)), maps.OutcomeForwardTX)
 			}
 		}
 		after, err := h.kernel.Counters(maps.GlobalSlot)
@@ -170,7 +170,7 @@ func TestFloodKeepsEstablishedClients(t *testing.T) {
 		}
 	}
 	for client, backend := range established {
-		if res := h.expect(frame(client, vip4, withFlags(packets.TCPAck)), forwardTX); res.Backend != backend {
+		if res := h.expect(frame(client, vip4, withFlags(packets.TCPAck)), maps.OutcomeForwardTX); res.Backend != backend {
 			t.Fatalf("established client %s went to %d, was on %d", client, res.Backend, backend)
 		}
 	}
@@ -195,11 +195,11 @@ func TestOnlyExpiryDisplacesEstablished(t *testing.T) {
 		}
 	}
 	for _, a := range sameBucket[:maps.AffinityWays] {
-		h.expect(frame(a, vip4), forwardTX)
-		h.expect(frame(a, vip4, withFlags(packets.TCPAck)), forwardTX)
+		h.expect(frame(a, vip4), maps.OutcomeForwardTX)
+		h.expect(frame(a, vip4, withFlags(packets.TCPAck)), maps.OutcomeForwardTX)
 	}
 	newcomer := sameBucket[maps.AffinityWays]
-	if res := h.expect(frame(newcomer, vip4), forwardTX); res.AffinityEvents != bits(maps.AffinityMiss, maps.AffinityFull) {
+	if res := h.expect(frame(newcomer, vip4), maps.OutcomeForwardTX); res.AffinityEvents != bits(maps.AffinityMiss, maps.AffinityFull) {
 		t.Fatalf("a new client in a bucket of established ones: events %b, want miss and full", res.AffinityEvents)
 	}
 	silent := keyOf(sameBucket[2])
@@ -208,7 +208,7 @@ func TestOnlyExpiryDisplacesEstablished(t *testing.T) {
 		a.LastSeen -= uint64(121 * time.Second)
 		return errorsJoin(err, m.PutAffinity(silent, a))
 	})
-	if res := h.expect(frame(newcomer, vip4), forwardTX); res.AffinityEvents != bits(maps.AffinityMiss, maps.AffinityInsert) {
+	if res := h.expect(frame(newcomer, vip4), maps.OutcomeForwardTX); res.AffinityEvents != bits(maps.AffinityMiss, maps.AffinityInsert) {
 		t.Fatalf("a new client beside an expired entry: events %b, want miss and insert", res.AffinityEvents)
 	}
 	if _, ok := entryOf(t, h, sameBucket[2]); ok {

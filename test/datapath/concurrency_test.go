@@ -146,8 +146,8 @@ func TestVIPChangeSeenOnEveryCPU(t *testing.T) {
 			}
 		}
 	}
-	onEveryCPU(frame(client4, vip4), forwardTX)
-	onEveryCPU(frame(client6, vip6), forwardTX)
+	onEveryCPU(frame(client4, vip4), maps.OutcomeForwardTX)
+	onEveryCPU(frame(client6, vip6), maps.OutcomeForwardTX)
 
 	// No table, pass when no backend: a new client passes (client4 has an
 	// entry and keeps its backend). Then the VIP is gone.
@@ -159,11 +159,11 @@ func TestVIPChangeSeenOnEveryCPU(t *testing.T) {
 		vip.TableSize, vip.NoBackendPass = 0, true
 		return m.PutVIP(vip4, vip)
 	})
-	onEveryCPU(frame(netip.MustParseAddr("198.18.0.77"), vip4), passNoBackend)
+	onEveryCPU(frame(netip.MustParseAddr("198.18.0.77"), vip4), maps.OutcomePassNoBackend)
 	h.apply(func(m maps.Maps) error { return m.DeleteVIP(vip4) })
-	onEveryCPU(frame(client4, vip4), passNotVIP)
+	onEveryCPU(frame(client4, vip4), maps.OutcomePassNotVIP)
 	// The other VIP is untouched.
-	onEveryCPU(frame(client6, vip6), forwardTX)
+	onEveryCPU(frame(client6, vip6), maps.OutcomeForwardTX)
 }
 
 // TestKernelCloseWaitsForScans closes the Kernel while a scan of the

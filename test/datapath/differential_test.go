@@ -77,7 +77,7 @@ func TestDifferential(t *testing.T) {
 		done, (done+packetsPerEpoch-1)/packetsPerEpoch, seed, repeated)
 	for o, count := range outcomes {
 		t.Logf("  outcome %2d: %d", o, count)
-		if count == 0 && maps.Outcome(o) != malformedEth && total >= 100_000 {
+		if count == 0 && maps.Outcome(o) != maps.OutcomeDropMalformedEth && total >= 100_000 {
 			t.Errorf("outcome %d never occurred: the generator does not cover it", o)
 		}
 	}

@@ -11,27 +11,6 @@ import (
 	"github.com/tether-lb/tether/test/packets"
 )
 
-const (
-	forwardTX       = loader.TetherOutcomeOUTCOME_FORWARD_TX
-	forwardRedirect = loader.TetherOutcomeOUTCOME_FORWARD_REDIRECT
-	passInactive    = loader.TetherOutcomeOUTCOME_PASS_INACTIVE
-	passWatchdog    = loader.TetherOutcomeOUTCOME_PASS_WATCHDOG
-	passNotIP       = loader.TetherOutcomeOUTCOME_PASS_NOT_IP
-	passNotTCPUDP   = loader.TetherOutcomeOUTCOME_PASS_NOT_TCP_UDP
-	passNotVIP      = loader.TetherOutcomeOUTCOME_PASS_NOT_VIP
-	passFragment    = loader.TetherOutcomeOUTCOME_PASS_FRAGMENT
-	passExtLimit    = loader.TetherOutcomeOUTCOME_PASS_IPV6EXT_LIMIT
-	passNoBackend   = loader.TetherOutcomeOUTCOME_PASS_NO_BACKEND
-	dropNoBackend   = loader.TetherOutcomeOUTCOME_DROP_NO_BACKEND
-	dropTxPort      = loader.TetherOutcomeOUTCOME_DROP_TX_PORT_MISSING
-	malformedIPv4   = loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV4
-	malformedIPv6   = loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6
-	malformedExt    = loader.TetherOutcomeOUTCOME_DROP_MALFORMED_IPV6EXT
-	malformedL4     = loader.TetherOutcomeOUTCOME_DROP_MALFORMED_L4
-	malformedVLAN   = loader.TetherOutcomeOUTCOME_DROP_MALFORMED_VLAN
-	malformedEth    = loader.TetherOutcomeOUTCOME_DROP_MALFORMED_ETH
-)
-
 func spec(src netip.Addr, vip maps.VIPKey) packets.Spec {
 	return packets.Spec{DstMAC: lbMAC, SrcMAC: clientMAC, Src: src, Dst: vip.Addr, Proto: uint8(vip.Proto), SrcPort: 40000, DstPort: vip.Port}
 }
@@ -90,41 +69,41 @@ func TestForwarding(t *testing.T) {
 		frame []byte
 		want  maps.Outcome
 	}{
-		{"ipv4 tcp", frame(client4, vip4), forwardTX},
-		{"ipv4 udp", frame(client4, vip4UDP), forwardTX},
-		{"ipv6 tcp", frame(client6, vip6), forwardTX},
-		{"vlan tagged", frame(client4, vip4, func(s *packets.Spec) { s.Tagged, s.VLANID = true, 42 }), forwardTX},
-		{"vlan tagged ipv6", frame(client6, vip6, func(s *packets.Spec) { s.Tagged, s.VLANID = true, 7 }), forwardTX},
-		{"ipv4 options 4 bytes", frame(client4, vip4, func(s *packets.Spec) { s.IPv4Options = []byte{1, 1, 1, 1} }), forwardTX},
-		{"ipv4 options 40 bytes", frame(client4, vip4, func(s *packets.Spec) { s.IPv4Options = make([]byte, 40) }), forwardTX},
-		{"ipv4 first fragment", frame(client4, vip4, func(s *packets.Spec) { s.MoreFragments = true }), forwardTX},
-		{"ipv4 with payload and padding", append(frame(client4, vip4, func(s *packets.Spec) { s.Payload = []byte("hello") }), 0, 0, 0), forwardTX},
-		{"ipv6 hop-by-hop", frame(client6, vip6, func(s *packets.Spec) { s.IPv6Ext = []uint8{packets.ProtoHopOpts} }), forwardTX},
+		{"ipv4 tcp", frame(client4, vip4), maps.OutcomeForwardTX},
+		{"ipv4 udp", frame(client4, vip4UDP), maps.OutcomeForwardTX},
+		{"ipv6 tcp", frame(client6, vip6), maps.OutcomeForwardTX},
+		{"vlan tagged", frame(client4, vip4, func(s *packets.Spec) { s.Tagged, s.VLANID = true, 42 }), maps.OutcomeForwardTX},
+		{"vlan tagged ipv6", frame(client6, vip6, func(s *packets.Spec) { s.Tagged, s.VLANID = true, 7 }), maps.OutcomeForwardTX},
+		{"ipv4 options 4 bytes", frame(client4, vip4, func(s *packets.Spec) { s.IPv4Options = []byte{1, 1, 1, 1} }), maps.OutcomeForwardTX},
+		{"ipv4 options 40 bytes", frame(client4, vip4, func(s *packets.Spec) { s.IPv4Options = make([]byte, 40) }), maps.OutcomeForwardTX},
+		{"ipv4 first fragment", frame(client4, vip4, func(s *packets.Spec) { s.MoreFragments = true }), maps.OutcomeForwardTX},
+		{"ipv4 with payload and padding", append(frame(client4, vip4, func(s *packets.Spec) { s.Payload = []byte("hello") }), 0, 0, 0), maps.OutcomeForwardTX},
+		{"ipv6 hop-by-hop", frame(client6, vip6, func(s *packets.Spec) { s.IPv6Ext = []uint8{packets.ProtoHopOpts} }), maps.OutcomeForwardTX},
 		{"ipv6 routing + dstopts", frame(client6, vip6, func(s *packets.Spec) {
 			s.IPv6Ext = []uint8{packets.ProtoRouting, packets.ProtoDstOpts}
-		}), forwardTX},
+		}), maps.OutcomeForwardTX},
 		{"ipv6 four extension headers", frame(client6, vip6, func(s *packets.Spec) {
 			s.IPv6Ext = []uint8{packets.ProtoHopOpts, packets.ProtoDstOpts, packets.ProtoRouting, packets.ProtoDstOpts}
-		}), forwardTX},
+		}), maps.OutcomeForwardTX},
 		{"ipv6 first fragment", frame(client6, vip6, func(s *packets.Spec) {
 			s.IPv6Ext, s.MoreFragments = []uint8{packets.ProtoFragment}, true
-		}), forwardTX},
+		}), maps.OutcomeForwardTX},
 		{"ipv6 five extension headers", frame(client6, vip6, func(s *packets.Spec) {
 			s.IPv6Ext = []uint8{packets.ProtoHopOpts, packets.ProtoDstOpts, packets.ProtoRouting, packets.ProtoDstOpts, packets.ProtoDstOpts}
-		}), passExtLimit},
-		{"arp", append(packets.Ethernet(lbMAC, clientMAC, false, 0, packets.EtherTypeARP), make([]byte, 28)...), passNotIP},
-		{"double vlan tag", append(packets.Ethernet(lbMAC, clientMAC, true, 1, packets.EtherTypeVLAN), frame(client4, vip4)[12:]...), passNotIP},
-		{"icmp to vip address", frame(client4, vip4, func(s *packets.Spec) { s.Proto = packets.ProtoICMP }), passNotTCPUDP},
-		{"other port", frame(client4, vip4, func(s *packets.Spec) { s.DstPort = 81 }), passNotVIP},
-		{"udp to tcp vip port", frame(client4, vip4, func(s *packets.Spec) { s.Proto = packets.ProtoUDP }), passNotVIP},
-		{"other address", frame(client4, vip4, func(s *packets.Spec) { s.Dst = netip.MustParseAddr("198.18.1.2") }), passNotVIP},
-		{"ipv4-mapped ipv6 to vip", frame(client6, vip6, func(s *packets.Spec) { s.Dst = netip.MustParseAddr("::ffff:198.18.1.1") }), passNotVIP},
+		}), maps.OutcomePassIPv6ExtLimit},
+		{"arp", append(packets.Ethernet(lbMAC, clientMAC, false, 0, packets.EtherTypeARP), make([]byte, 28)...), maps.OutcomePassNotIP},
+		{"double vlan tag", append(packets.Ethernet(lbMAC, clientMAC, true, 1, packets.EtherTypeVLAN), frame(client4, vip4)[12:]...), maps.OutcomePassNotIP},
+		{"icmp to vip address", frame(client4, vip4, func(s *packets.Spec) { s.Proto = packets.ProtoICMP }), maps.OutcomePassNotTCPUDP},
+		{"other port", frame(client4, vip4, func(s *packets.Spec) { s.DstPort = 81 }), maps.OutcomePassNotVIP},
+		{"udp to tcp vip port", frame(client4, vip4, func(s *packets.Spec) { s.Proto = packets.ProtoUDP }), maps.OutcomePassNotVIP},
+		{"other address", frame(client4, vip4, func(s *packets.Spec) { s.Dst = netip.MustParseAddr("198.18.1.2") }), maps.OutcomePassNotVIP},
+		{"ipv4-mapped ipv6 to vip", frame(client6, vip6, func(s *packets.Spec) { s.Dst = netip.MustParseAddr("::ffff:198.18.1.1") }), maps.OutcomePassNotVIP},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
 			h.setupFixture()
 			res := h.expect(tc.frame, tc.want)
-			if tc.want == forwardTX {
+			if tc.want == maps.OutcomeForwardTX {
 				if res.Backend != 1 && res.Backend != 2 {
 					t.Fatalf("forwarded to backend %d, want 1 or 2", res.Backend)
 				}
@@ -147,20 +126,20 @@ func TestMalformed(t *testing.T) {
 		frame []byte
 		want  maps.Outcome
 	}{
-		{"ipv4 version 5", edit(frame(client4, vip4), 14, 0x55), malformedIPv4},
-		{"ipv4 ihl 4", edit(frame(client4, vip4), 14, 0x44), malformedIPv4},
-		{"ipv4 ihl 15 without options", edit(frame(client4, vip4), 14, 0x4f), malformedIPv4},
-		{"ipv4 total length beyond frame", edit(frame(client4, vip4), 16, 0x01), malformedIPv4},
-		{"ipv4 total length below header", edit(edit(frame(client4, vip4), 16, 0), 17, 10), malformedIPv4},
-		{"tcp data offset 4", edit(frame(client4, vip4), 14+20+12, 0x40), malformedL4},
-		{"tcp header only in padding after the ipv4 packet", edit(edit(frame(client4, vip4), 16, 0), 17, 20), malformedL4},
-		{"udp header only in padding after the ipv6 packet", edit(edit(frame(client6, vip6, func(s *packets.Spec) { s.Proto = packets.ProtoUDP }), 14+4, 0), 14+5, 0), malformedL4},
-		{"tcp data offset beyond frame", edit(frame(client4, vip4), 14+20+12, 0xf0), malformedL4},
-		{"ipv6 version 4", edit(frame(client6, vip6), 14, 0x40), malformedIPv6},
-		{"ipv6 payload length beyond frame", edit(frame(client6, vip6), 14+4, 0x10), malformedIPv6},
+		{"ipv4 version 5", edit(frame(client4, vip4), 14, 0x55), maps.OutcomeDropMalformedIPv4},
+		{"ipv4 ihl 4", edit(frame(client4, vip4), 14, 0x44), maps.OutcomeDropMalformedIPv4},
+		{"ipv4 ihl 15 without options", edit(frame(client4, vip4), 14, 0x4f), maps.OutcomeDropMalformedIPv4},
+		{"ipv4 total length beyond frame", edit(frame(client4, vip4), 16, 0x01), maps.OutcomeDropMalformedIPv4},
+		{"ipv4 total length below header", edit(edit(frame(client4, vip4), 16, 0), 17, 10), maps.OutcomeDropMalformedIPv4},
+		{"tcp data offset 4", edit(frame(client4, vip4), 14+20+12, 0x40), maps.OutcomeDropMalformedL4},
+		{"tcp header only in padding after the ipv4 packet", edit(edit(frame(client4, vip4), 16, 0), 17, 20), maps.OutcomeDropMalformedL4},
+		{"udp header only in padding after the ipv6 packet", edit(edit(frame(client6, vip6, func(s *packets.Spec) { s.Proto = packets.ProtoUDP }), 14+4, 0), 14+5, 0), maps.OutcomeDropMalformedL4},
+		{"tcp data offset beyond frame", edit(frame(client4, vip4), 14+20+12, 0xf0), maps.OutcomeDropMalformedL4},
+		{"ipv6 version 4", edit(frame(client6, vip6), 14, 0x40), maps.OutcomeDropMalformedIPv6},
+		{"ipv6 payload length beyond frame", edit(frame(client6, vip6), 14+4, 0x10), maps.OutcomeDropMalformedIPv6},
 		{"ipv6 extension header length beyond frame", edit(frame(client6, vip6, func(s *packets.Spec) {
 			s.IPv6Ext = []uint8{packets.ProtoHopOpts}
-		}), 14+40+1, 9), malformedExt},
+		}), 14+40+1, 9), maps.OutcomeDropMalformedIPv6Ext},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
@@ -221,8 +200,8 @@ func TestFragments(t *testing.T) {
 	t.Run("no alias passes", func(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
-		h.expect(nonFirst4, passFragment)
-		h.expect(nonFirst6, passFragment)
+		h.expect(nonFirst4, maps.OutcomePassFragment)
+		h.expect(nonFirst6, maps.OutcomePassFragment)
 	})
 	t.Run("alias follows the client's backend", func(t *testing.T) {
 		h := newHarness(t)
@@ -240,8 +219,8 @@ func TestFragments(t *testing.T) {
 			return nil
 		})
 		for _, pair := range [][2][]byte{{frame(client4, vip4), nonFirst4}, {frame(client6, vip6), nonFirst6}} {
-			first := h.expect(pair[0], forwardTX)
-			rest := h.expect(pair[1], forwardTX)
+			first := h.expect(pair[0], maps.OutcomeForwardTX)
+			rest := h.expect(pair[1], maps.OutcomeForwardTX)
 			if first.Backend != rest.Backend {
 				t.Fatalf("first fragment to backend %d, later fragment to %d", first.Backend, rest.Backend)
 			}
@@ -259,9 +238,9 @@ func TestNoBackend(t *testing.T) {
 			v.NoBackendPass = pass
 			return errorsJoin(err, m.PutVIP(vip4, v))
 		})
-		want := dropNoBackend
+		want := maps.OutcomeDropNoBackend
 		if pass {
-			want = passNoBackend
+			want = maps.OutcomePassNoBackend
 		}
 		h.expect(frame(client4, vip4), want)
 		// A table pointing at a down backend or an id past the array is
@@ -296,12 +275,12 @@ func TestAffinity(t *testing.T) {
 	t.Run("new client is inserted then hits", func(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
-		first := h.expect(frame(client4, vip4), forwardTX)
+		first := h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 		if events(first) != bit(loader.TetherAffinityEventAFFINITY_MISS)|bit(loader.TetherAffinityEventAFFINITY_INSERT) {
 			t.Fatalf("events %b, want miss and insert", events(first))
 		}
 		for range 10 {
-			again := h.expect(frame(client4, vip4, func(s *packets.Spec) { s.SrcPort++ }), forwardTX)
+			again := h.expect(frame(client4, vip4, func(s *packets.Spec) { s.SrcPort++ }), maps.OutcomeForwardTX)
 			if again.Backend != first.Backend || events(again) != bit(loader.TetherAffinityEventAFFINITY_HIT) {
 				t.Fatalf("backend %d events %b, want backend %d by a hit", again.Backend, events(again), first.Backend)
 			}
@@ -311,7 +290,7 @@ func TestAffinity(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
 		pin(h, client4, 3, 1, time.Second/2)
-		if res := h.expect(frame(client4, vip4), forwardTX); res.Backend != 3 {
+		if res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX); res.Backend != 3 {
 			t.Fatalf("forwarded to %d, want draining backend 3", res.Backend)
 		}
 	})
@@ -320,7 +299,7 @@ func TestAffinity(t *testing.T) {
 		h.setupFixture()
 		pin(h, client4, 2, 1, time.Second/2)
 		setTableTo(h, vip4, 1)
-		if res := h.expect(frame(client4, vip4), forwardTX); res.Backend != 2 {
+		if res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX); res.Backend != 2 {
 			t.Fatalf("forwarded to %d, want pinned backend 2", res.Backend)
 		}
 	})
@@ -342,7 +321,7 @@ func TestAffinity(t *testing.T) {
 			h.setupFixture()
 			setTableTo(h, vip4, 1)
 			pin(h, client4, tc.id, tc.generation, tc.age)
-			res := h.expect(frame(client4, vip4), forwardTX)
+			res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 			if res.Backend != 1 || events(res) != bit(tc.event)|bit(loader.TetherAffinityEventAFFINITY_INSERT) {
 				t.Fatalf("backend %d events %b, want Maglev's backend 1 after event %d", res.Backend, events(res), tc.event)
 			}
@@ -355,10 +334,10 @@ func TestAffinity(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
 		pin(h, client4, 2, 1, 3*time.Second)
-		if res := h.expect(frame(client4, vip4), forwardTX); !res.AffinityWritten {
+		if res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX); !res.AffinityWritten {
 			t.Fatal("an entry 3 s old was not refreshed")
 		}
-		if res := h.expect(frame(client4, vip4), forwardTX); res.AffinityWritten {
+		if res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX); res.AffinityWritten {
 			t.Fatal("an entry refreshed just now was refreshed again")
 		}
 	})
@@ -370,16 +349,16 @@ func TestAffinity(t *testing.T) {
 			v.Prefix4 = 24
 			return errorsJoin(err, m.PutVIP(vip4, v))
 		})
-		first := h.expect(frame(client4, vip4), forwardTX)
+		first := h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 		for i := range 20 {
 			other := netip.AddrFrom4([4]byte{198, 18, 0, byte(100 + i)})
-			if res := h.expect(frame(other, vip4), forwardTX); res.Backend != first.Backend {
+			if res := h.expect(frame(other, vip4), maps.OutcomeForwardTX); res.Backend != first.Backend {
 				t.Fatalf("%s went to %d, %s to %d: same /24 must share a backend", other, res.Backend, client4, first.Backend)
 			}
 		}
-		first6 := h.expect(frame(client6, vip6), forwardTX)
+		first6 := h.expect(frame(client6, vip6), maps.OutcomeForwardTX)
 		other6 := netip.MustParseAddr("2001:db8::ffff:1234")
-		if res := h.expect(frame(other6, vip6), forwardTX); res.Backend != first6.Backend {
+		if res := h.expect(frame(other6, vip6), maps.OutcomeForwardTX); res.Backend != first6.Backend {
 			t.Fatalf("same /64 went to %d and %d", first6.Backend, res.Backend)
 		}
 	})
@@ -390,8 +369,8 @@ func TestSwitches(t *testing.T) {
 		h := newHarness(t)
 		h.setupFixture()
 		h.apply(func(m maps.Maps) error { return m.PutSettings(maps.Settings{Seed: 42}) })
-		h.expect(frame(client4, vip4), passInactive)
-		h.expect([]byte("garbage that is not a frame"), passInactive)
+		h.expect(frame(client4, vip4), maps.OutcomePassInactive)
+		h.expect([]byte("garbage that is not a frame"), maps.OutcomePassInactive)
 	})
 	t.Run("watchdog", func(t *testing.T) {
 		h := newHarness(t)
@@ -400,11 +379,11 @@ func TestSwitches(t *testing.T) {
 		h.apply(func(m maps.Maps) error {
 			return m.PutSettings(maps.Settings{Seed: 42, Active: true, Watchdog: now, WatchdogTimeout: 10 * time.Second})
 		})
-		h.expect(frame(client4, vip4), forwardTX)
+		h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 		h.apply(func(m maps.Maps) error {
 			return m.PutSettings(maps.Settings{Seed: 42, Active: true, Watchdog: now - uint64(11*time.Second), WatchdogTimeout: 10 * time.Second})
 		})
-		h.expect(frame(client4, vip4), passWatchdog)
+		h.expect(frame(client4, vip4), maps.OutcomePassWatchdog)
 	})
 }
 
@@ -418,32 +397,32 @@ func TestRedirect(t *testing.T) {
 		return errorsJoin(err, m.PutBackend(1, b))
 	})
 	setTableTo(h, vip4, 1)
-	h.expect(frame(client4, vip4), forwardRedirect)
+	h.expect(frame(client4, vip4), maps.OutcomeForwardRedirect)
 
 	h.apply(func(m maps.Maps) error { return m.DeleteTxPort(vethIndex) })
-	h.expect(frame(client4, vip4, func(s *packets.Spec) { s.SrcPort = 1 }), dropTxPort)
+	h.expect(frame(client4, vip4, func(s *packets.Spec) { s.SrcPort = 1 }), maps.OutcomeDropTxPortMissing)
 
 	h.apply(func(m maps.Maps) error {
 		b, err := m.Backend(1)
 		b.Ifindex = loIfindex
 		return errorsJoin(err, m.PutBackend(1, b))
 	})
-	h.expect(frame(client4, vip4), forwardTX)
+	h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 }
 
 func TestCounters(t *testing.T) {
 	h := newHarness(t)
 	h.setupFixture()
 	for range 3 {
-		h.expect(frame(client4, vip4), forwardTX)
+		h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 	}
-	h.expect(frame(client4, vip4, func(s *packets.Spec) { s.DstPort = 81 }), passNotVIP)
-	h.expect(edit(frame(client6, vip6), 14, 0x40), malformedIPv6)
+	h.expect(frame(client4, vip4, func(s *packets.Spec) { s.DstPort = 81 }), maps.OutcomePassNotVIP)
+	h.expect(edit(frame(client6, vip6), 14, 0x40), maps.OutcomeDropMalformedIPv6)
 	if err := h.compareState(); err != nil {
 		t.Fatal(err)
 	}
 	limits := h.kernel.Limits()
-	res := h.expect(frame(client4, vip4), forwardTX)
+	res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX)
 	vipCounters, err := h.kernel.Counters(limits.VIPSlot(0))
 	if err != nil {
 		t.Fatal(err)
@@ -453,7 +432,7 @@ func TestCounters(t *testing.T) {
 		t.Fatal(err)
 	}
 	size := uint64(len(frame(client4, vip4)))
-	if vipCounters.Packets[forwardTX] != 4 || vipCounters.Bytes[forwardTX] != 4*size || backendCounters.Packets[forwardTX] != 4 {
+	if vipCounters.Packets[maps.OutcomeForwardTX] != 4 || vipCounters.Bytes[maps.OutcomeForwardTX] != 4*size || backendCounters.Packets[maps.OutcomeForwardTX] != 4 {
 		t.Fatalf("VIP counters %+v, backend counters %+v: want 4 packets of %d bytes forwarded", vipCounters, backendCounters, size)
 	}
 	if got := vipCounters.Affinity[loader.TetherAffinityEventAFFINITY_HIT]; got != 3 {
@@ -471,7 +450,7 @@ func TestTableSwap(t *testing.T) {
 	if before.TableSlot == after.TableSlot {
 		t.Fatalf("table slot stayed %d after a replacement", after.TableSlot)
 	}
-	if res := h.expect(frame(client4, vip4), forwardTX); res.Backend != 2 {
+	if res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX); res.Backend != 2 {
 		t.Fatalf("new client went to %d, want the new table's backend 2", res.Backend)
 	}
 	old, err := h.kernel.Table(before.ID, before.TableSlot, fixtureTableSize)

@@ -91,7 +91,7 @@ func (h *harness) compare(frame []byte) (model.Result, error) {
 		if len(frame) < 14 && errors.Is(err, unix.EINVAL) {
 			// The kernel refuses frames shorter than an Ethernet header, so
 			// the program never sees one; the model would drop it.
-			return model.Result{Outcome: malformedEth, Verdict: maps.XDPDrop, Frame: frame, VIPID: model.NoVIP}, nil
+			return model.Result{Outcome: maps.OutcomeDropMalformedEth, Verdict: maps.XDPDrop, Frame: frame, VIPID: model.NoVIP}, nil
 		}
 		return model.Result{}, fmt.Errorf("running program: %w", err)
 	}

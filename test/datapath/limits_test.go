@@ -104,7 +104,7 @@ func TestAffinityMapFull(t *testing.T) {
 	clients := 8 * capacity
 	firstBackend := make([]maps.BackendID, clients)
 	for i := range clients {
-		res := h.expect(frame(backendAddr(i+1), vip4), forwardTX)
+		res := h.expect(frame(backendAddr(i+1), vip4), maps.OutcomeForwardTX)
 		firstBackend[i] = res.Backend
 	}
 	counts, err := h.kernel.AffinityCount()
@@ -130,11 +130,11 @@ func TestAffinityMapFull(t *testing.T) {
 	if evicted != inserts-uint64(entries) {
 		t.Errorf("%d evictions counted, want inserts - entries = %d", evicted, inserts-uint64(entries))
 	}
-	if global.Packets[forwardTX] != uint64(clients) {
-		t.Errorf("%d of %d packets forwarded", global.Packets[forwardTX], clients)
+	if global.Packets[maps.OutcomeForwardTX] != uint64(clients) {
+		t.Errorf("%d of %d packets forwarded", global.Packets[maps.OutcomeForwardTX], clients)
 	}
 	for i := range 200 {
-		if res := h.expect(frame(backendAddr(i+1), vip4, func(s *packets.Spec) { s.SrcPort++ }), forwardTX); res.Backend != firstBackend[i] {
+		if res := h.expect(frame(backendAddr(i+1), vip4, func(s *packets.Spec) { s.SrcPort++ }), maps.OutcomeForwardTX); res.Backend != firstBackend[i] {
 			t.Fatalf("client %d came back to backend %d, had %d", i, res.Backend, firstBackend[i])
 		}
 	}
@@ -212,7 +212,7 @@ func TestBackendsMapFull(t *testing.T) {
 	if err := h.kernel.PutBackend(4, maps.Backend{}); err == nil || !strings.Contains(err.Error(), "out of range 1..3") {
 		t.Errorf("writing backend id 4 of a map of 4: %v, want an error naming the range 1..3", err)
 	}
-	if res := h.expect(frame(client4, vip4), forwardTX); res.Backend < 1 || res.Backend > 3 {
+	if res := h.expect(frame(client4, vip4), maps.OutcomeForwardTX); res.Backend < 1 || res.Backend > 3 {
 		t.Errorf("forwarded to backend %d, want one of 1..3", res.Backend)
 	}
 }
@@ -271,7 +271,7 @@ func TestTenThousandBackends(t *testing.T) {
 		if err != nil {
 			t.Fatalf("client %d: kernel and model differ: %v", i, err)
 		}
-		if res.Outcome != forwardTX {
+		if res.Outcome != maps.OutcomeForwardTX {
 			t.Fatalf("client %d: outcome %d, want forwarded", i, res.Outcome)
 		}
 		reached[res.Backend] = true
@@ -319,7 +319,7 @@ func TestThousandVIPs(t *testing.T) {
 			if err != nil {
 				t.Fatalf("VIP %s: kernel and model differ: %v", v.VIPRef, err)
 			}
-			if res.Outcome != forwardTX || !own[res.Backend] {
+			if res.Outcome != maps.OutcomeForwardTX || !own[res.Backend] {
 				t.Fatalf("VIP %s: outcome %d to backend %d, want forwarded to one of its own %v", v.VIPRef, res.Outcome, res.Backend, own)
 			}
 		}
@@ -380,7 +380,7 @@ func TestMTUSizedAndVLANFrames(t *testing.T) {
 			if len(f) != want {
 				t.Fatalf("frame is %d bytes, want %d", len(f), want)
 			}
-			res := h.expect(f, forwardTX)
+			res := h.expect(f, maps.OutcomeForwardTX)
 			if string(res.Frame[12:]) != string(f[12:]) {
 				t.Fatal("forwarding changed bytes after the MAC addresses")
 			}
@@ -404,9 +404,9 @@ func TestJumboFrames(t *testing.T) {
 		frame  []byte
 		wanted maps.Outcome
 	}{
-		{"ipv4", frame(client4, vip4, func(s *packets.Spec) { s.Payload = make([]byte, 9000-40) }), malformedIPv4},
-		{"ipv6", frame(client6, vip6, func(s *packets.Spec) { s.Payload = make([]byte, 9000-60) }), malformedIPv6},
-		{"vlan ipv4", frame(client4, vip4, func(s *packets.Spec) { s.Tagged, s.Payload = true, make([]byte, 9000-40) }), malformedIPv4},
+		{"ipv4", frame(client4, vip4, func(s *packets.Spec) { s.Payload = make([]byte, 9000-40) }), maps.OutcomeDropMalformedIPv4},
+		{"ipv6", frame(client6, vip6, func(s *packets.Spec) { s.Payload = make([]byte, 9000-60) }), maps.OutcomeDropMalformedIPv6},
+		{"vlan ipv4", frame(client4, vip4, func(s *packets.Spec) { s.Tagged, s.Payload = true, make([]byte, 9000-40) }), maps.OutcomeDropMalformedIPv4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before, err := h.kernel.Counters(maps.GlobalSlot)
