@@ -26,6 +26,14 @@ type apiBed struct {
 func newAPIBed(t *testing.T) *apiBed {
 	t.Helper()
 	tb := newTestBed(t, testLimits, "")
+	socket, client := serveAPI(t, tb.daemon)
+	return &apiBed{tb: tb, socket: socket, client: client}
+}
+
+// serveAPI serves d's control API on a socket in a temporary directory
+// until the test ends, and returns the socket and a client of it.
+func serveAPI(t testing.TB, d *Daemon) (string, *http.Client) {
+	t.Helper()
 	socket := filepath.Join(t.TempDir(), "tether.sock")
 	ln, err := Listen(socket, os.Getgid())
 	if err != nil {
@@ -33,7 +41,7 @@ func newAPIBed(t *testing.T) *apiBed {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- NewServer(tb.daemon, slog.New(slog.DiscardHandler), os.Getgid()).Serve(ctx, ln) }()
+	go func() { served <- NewServer(d, slog.New(slog.DiscardHandler), os.Getgid()).Serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {
@@ -44,7 +52,7 @@ func newAPIBed(t *testing.T) *apiBed {
 		var dialer net.Dialer
 		return dialer.DialContext(ctx, "unix", socket)
 	}}}
-	return &apiBed{tb: tb, socket: socket, client: client}
+	return socket, client
 }
 
 func (b *apiBed) post(t *testing.T, path, body string) (int, string) {

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -182,32 +180,11 @@ func newAPIFuzzBed(f *testing.F) *apiFuzzBed {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := d.Start(ctx); err != nil {
+	if err := d.Start(f.Context()); err != nil {
 		f.Fatal(err)
 	}
 	bed.daemon, bed.base = d, cloneState(d.state)
-
-	server := NewServer(d, slog.New(slog.DiscardHandler), os.Getgid())
-	socket := filepath.Join(dir, "tether.sock")
-	ln, err := Listen(socket, os.Getgid())
-	if err != nil {
-		f.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ctx, ln) }()
-	f.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			f.Errorf("serving the control API: %v", err)
-		}
-	})
-	bed.client = &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dialer net.Dialer
-			return dialer.DialContext(ctx, "unix", socket)
-		},
-	}}
+	_, bed.client = serveAPI(f, d)
 	return bed
 }
 
