@@ -158,8 +158,11 @@ func (d *Daemon) resolve(ctx context.Context, b Backend, rt *backendRuntime) {
 // plan is planVIP of v, with the VIP's mass-failure guard brought up to
 // date first: the end of a guard restarts every session grace.
 func (d *Daemon) plan(v VIP) vipPlan {
-	d.noteGuard(v, guarded(v, d.facts(v)))
-	return planVIP(v, d.facts(v))
+	facts := d.facts(v)
+	if d.noteGuard(v, guarded(v, facts)) {
+		facts = d.facts(v) // the graces start again
+	}
+	return planVIP(v, facts)
 }
 
 // facts collects what planVIP needs to know of v's backends.
@@ -419,20 +422,19 @@ func (d *Daemon) vipRuntime(id uint32) *vipRuntime {
 }
 
 // noteGuard records whether v is guarded against a mass failure, and says
-// so loudly when that changes.
-func (d *Daemon) noteGuard(v VIP, guarded bool) {
+// so loudly when that changes; it reports whether a guard just ended.
+func (d *Daemon) noteGuard(v VIP, guarded bool) (ended bool) {
 	rt := d.vipRuntime(v.ID)
 	if rt.guarded == guarded {
-		return
+		return false
 	}
 	rt.guarded = guarded
-	if !guarded {
-		rt.guardEnded = d.opts.Now()
-	}
 	if guarded {
 		d.log.Error("MASS FAILURE: most backends fail at once, likely the LB's own fault or fleet-wide; every pinned client stays where it is (gone nodes still lose theirs)",
 			"vip", v.VIPRef.String(), "threshold_percent", v.MassFailurePercent)
-	} else {
-		d.log.Info("mass failure over: unhealthy backends lose their pinned clients after the session grace again", "vip", v.VIPRef.String())
+		return false
 	}
+	rt.guardEnded = d.opts.Now()
+	d.log.Info("mass failure over: unhealthy backends lose their pinned clients after the session grace again", "vip", v.VIPRef.String())
+	return true
 }
