@@ -122,14 +122,8 @@ func waitForHealth(t *testing.T, c *cluster, name, health string, timeout time.D
 	deadline := time.Now().Add(timeout)
 	for {
 		st, err := c.tether.Status()
-		if err == nil {
-			for _, v := range st.VIPs {
-				for _, b := range v.Backends {
-					if b.Name == name && b.Health == health {
-						return
-					}
-				}
-			}
+		if b, ok := backendIn(st, name); err == nil && ok && b.Health == health {
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s not %s within %s: %+v", name, health, timeout, st)

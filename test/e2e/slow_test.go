@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-lb/tether/userspace/control"
 )
 
 // freeze stops node processes as a long GC pause or a CPU-starved VM
@@ -83,15 +85,23 @@ func (c *cluster) backendState(name string) (state, health string) {
 	if err != nil {
 		c.t.Fatalf("reading status: %v", err)
 	}
+	b, ok := backendIn(st, name)
+	if !ok {
+		c.t.Fatalf("no backend %s in status", name)
+	}
+	return b.State, b.Health
+}
+
+// backendIn finds the backend name in a status.
+func backendIn(st control.Status, name string) (control.BackendStatus, bool) {
 	for _, v := range st.VIPs {
 		for _, b := range v.Backends {
 			if b.Name == name {
-				return b.State, b.Health
+				return b, true
 			}
 		}
 	}
-	c.t.Fatalf("no backend %s in status", name)
-	return "", ""
+	return control.BackendStatus{}, false
 }
 
 // routedNode asks the VIP for GET /stats from source address addr and
